@@ -1,0 +1,106 @@
+"""Helpers every command shares: the global options object, settings/device resolution, output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from histostain.runtime.device import DeviceManager
+    from histostain.settings import ResolvedSettings
+
+
+@dataclass
+class AppState:
+    """Global options as given on the command line (None = not given, so lower sources decide)."""
+
+    device: str | None = None
+    precision: str | None = None
+    quiet: bool = False
+    debug: bool = False
+    config: Path | None = None
+    _resolved: ResolvedSettings | None = field(default=None, repr=False)
+
+    def flags(self) -> dict[str, Any]:
+        flags: dict[str, Any] = {"device": self.device, "precision": self.precision}
+        if self.quiet:
+            flags["quiet"] = True
+        return flags
+
+    def settings(self) -> ResolvedSettings:
+        """Resolve settings once per invocation (flag > env > file > default)."""
+        if self._resolved is None:
+            from histostain.settings import load_settings
+
+            self._resolved = load_settings(self.flags(), self.config)
+            configure_output(quiet=self._resolved.settings.quiet, debug=self.debug)
+        return self._resolved
+
+    def device_manager(self) -> DeviceManager:
+        from histostain.runtime.device import DeviceManager
+
+        settings = self.settings().settings
+        manager = DeviceManager.create(settings.device, settings.precision, settings.num_threads)
+        logging.getLogger("histostain").info("device: %s", manager.describe())
+        return manager
+
+
+# The state of the current invocation; set by the root callback.
+STATE = AppState()
+
+
+def state(ctx: typer.Context | None = None) -> AppState:
+    if ctx is not None and isinstance(ctx.obj, AppState):
+        return ctx.obj
+    return STATE
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def stdout_console() -> Console:
+    from rich.console import Console
+
+    return Console(soft_wrap=True)
+
+
+def configure_output(quiet: bool, debug: bool) -> None:
+    """Install the one log handler (rich, on stderr) and set progress mode; library code never prints."""
+    from histostain.runtime import progress
+
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("histostain")
+    logger.setLevel(level)
+    if not any(getattr(h, "_histostain", False) for h in logger.handlers):
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=stderr_console(), show_path=False, show_time=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._histostain = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    for handler in logger.handlers:
+        handler.setLevel(level)
+    progress.configure(enabled=False if quiet else None)
+
+
+def print_json(payload: Any) -> None:
+    """Machine-readable output on stdout, nothing else on it."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(table: Table) -> None:
+    stdout_console().print(table)

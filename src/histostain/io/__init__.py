@@ -1,0 +1,1 @@
+"""Input/output at the boundary: images, tiling, annotation formats, atomic writes."""

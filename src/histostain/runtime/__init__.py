@@ -1,0 +1,1 @@
+"""Runtime services shared by every command: device and precision, checkpoints, progress."""
