@@ -1,0 +1,146 @@
+"""The root command: help, version, doctor, global options and the error contract (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from histostain import __version__
+from histostain.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("HISTOSTAIN_DEVICE", "HISTOSTAIN_PRECISION", "HISTOSTAIN_HOME", "HISTOSTAIN_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out.startswith(f"histostain {__version__} ")
+
+
+def test_doctor_json_reports_this_cpu_machine(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    code, out, _ = run(["doctor", "--json"], capsys)
+    assert code == 0
+    report = json.loads(out)  # stdout holds JSON only
+    assert report["torch"] == torch.__version__
+    assert report["cuda"]["available"] == torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        assert report["resolved"]["device"] in {"cpu", "mps"}
+    if report["resolved"]["device"] == "cpu" and not report["cpu"]["native_bf16"]:
+        assert report["resolved"]["precision"] == "fp32" and report["resolved"]["autocast"] is False
+    assert report["settings"]["device"] == {"value": "auto", "source": "default"}
+
+
+def test_doctor_shows_where_settings_came_from(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text(f'home = "{tmp_path / "cache"}"\nprecision = "fp32"\n')
+    monkeypatch.setenv("HISTOSTAIN_PRECISION", "bf16")
+    code, out, _ = run(["--config", str(config), "--device", "cpu", "doctor", "--json"], capsys)
+    assert code == 0
+    settings = json.loads(out)["settings"]
+    assert settings["device"] == {"value": "cpu", "source": "flag"}
+    assert settings["precision"] == {"value": "bf16", "source": "environment (HISTOSTAIN_PRECISION)"}
+    assert settings["home"] == {"value": str(tmp_path / "cache"), "source": f"file ({config})"}
+
+
+def test_doctor_table_is_human_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["doctor"], capsys)
+    assert code == 0
+    for label in ("torch / torchvision", "device", "precision", "cache dir", "setting device"):
+        assert label in out
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--device", "cuda:7", "doctor"], "device 'cuda:7'"),
+        (["--precision", "int8", "doctor"], "invalid setting precision='int8' from flag"),
+        (["--config", "missing.toml", "doctor"], "config file not found: missing.toml"),
+    ],
+)
+def test_known_errors_print_one_red_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], args: list[str], fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine really has 8 GPUs")
+    code, out, err = run(args, capsys)
+    assert code == 2
+    assert out == ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("Error: ") and fragment in lines[0]
+    assert "Traceback" not in err
+
+
+def test_environment_errors_name_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HISTOSTAIN_DEVICE", "tpu")
+    code, _, err = run(["doctor"], capsys)
+    assert code == 2 and "HISTOSTAIN_DEVICE" in err
+
+
+def test_debug_adds_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["--debug", "--precision", "int8", "doctor"], capsys)
+    assert code == 2
+    assert "Traceback" in err and "Error: invalid setting" in err
+
+
+def _subprocess(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_unexpected_exceptions_exit_1_with_a_traceback() -> None:
+    result = _subprocess(
+        "import histostain.runtime.environment as env\n"
+        "env.environment_report = lambda *a, **k: 1 / 0\n"
+        "from histostain.cli import main\n"
+        "main(['doctor'])\n"
+    )
+    assert result.returncode == 1
+    assert "ZeroDivisionError" in result.stderr
+
+
+def test_help_lists_only_built_commands_and_does_not_import_torch() -> None:
+    result = _subprocess(
+        "import sys\n"
+        "from histostain.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('TORCH-IMPORTED' if 'torch' in sys.modules else 'TORCH-NOT-IMPORTED', code)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TORCH-NOT-IMPORTED 0" in result.stdout
+    assert "doctor" in result.stdout
+    for planned in ("train", "translate", "segment", "pipeline", "evaluate", "weights"):
+        assert f" {planned} " not in result.stdout  # not registered until they work
+
+
+def test_python_dash_m_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "histostain", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.startswith("histostain ")
