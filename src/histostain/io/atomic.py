@@ -51,19 +51,46 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``path`` (which must not exist or be empty).
+def atomic_directory(path: str | os.PathLike[str], replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it takes the name ``path``.
 
     Used for whole datasets: the folder appears under its final name only when everything in it is written.
+    An existing empty folder is replaced; an existing non-empty one only with ``replace=True`` (it is moved
+    aside first and deleted after the swap, so at every moment either the old or the new complete folder
+    carries the name). Otherwise ``FileExistsError``.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    old: Path | None = None
     try:
         yield tmp
         if target.exists():
-            target.rmdir()  # only an empty folder may be replaced; a non-empty one raises OSError
+            if any(target.iterdir()):
+                if not replace:
+                    raise FileExistsError(f"{target} exists and is not empty")
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+                os.replace(target, old / target.name)
+            else:
+                target.rmdir()
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if not target.exists():  # the swap failed half-way: put the previous folder back
+                os.replace(old / target.name, target)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_partials(path: str | os.PathLike[str]) -> int:
+    """Delete temporary siblings left by an interrupted :func:`atomic_directory` run; returns how many."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return 0
+    removed = 0
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        if leftover.is_dir() and leftover.suffix in {".partial", ".old"}:
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed += 1
+    return removed

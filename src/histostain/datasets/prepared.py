@@ -1,0 +1,192 @@
+"""The prepared-dataset contract: a folder with ``manifest.json`` and one subfolder per split.
+
+``prepare`` is idempotent: the manifest records the source's fingerprint and every option, so a re-run with
+the same inputs is a no-op, and a re-run with different options is refused (naming what differs) unless
+``--overwrite``. The folder is built under a temporary name and renamed when complete, with the manifest
+written last, so a killed run never leaves a folder that looks prepared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from histostain import __version__
+from histostain.errors import ConfigError, DatasetLayoutError, InputError
+from histostain.io.atomic import atomic_directory, atomic_write_text, remove_stale_partials
+
+MANIFEST_NAME = "manifest.json"
+PREPARED_FORMAT = "histostain-prepared"
+PREPARED_VERSION = 1
+
+
+class SourceInfo(BaseModel):
+    """Where a prepared dataset came from, with a cheap fingerprint of its contents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    kind: Literal["folder", "zip"]
+    file_count: int
+    total_bytes: int
+    fingerprint: str
+
+
+class Manifest(BaseModel):
+    """``manifest.json`` of a prepared dataset (documented in docs/formats.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["histostain-prepared"] = PREPARED_FORMAT
+    format_version: int = PREPARED_VERSION
+    dataset: str
+    source: SourceInfo
+    options: dict[str, Any]
+    splits: dict[str, int]
+    counters: dict[str, int] = Field(default_factory=dict)
+    samples: list[dict[str, Any]] = Field(default_factory=list)
+    histostain_version: str = __version__
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    command: list[str] = Field(default_factory=lambda: list(sys.argv))
+
+
+def fingerprint_source(source: Path) -> SourceInfo:
+    """Fingerprint a folder (relative paths and sizes) or a zip (member names, sizes and CRCs).
+
+    Sizes rather than full hashes keep re-runs fast on tens of GB; a changed file of equal size in an
+    unpacked folder is the one case it misses.
+    """
+    digest = hashlib.sha256()
+    count = 0
+    total = 0
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as handle:
+            for info in sorted(handle.infolist(), key=lambda item: item.filename):
+                if info.is_dir():
+                    continue
+                digest.update(f"{info.filename}\0{info.file_size}\0{info.CRC}\n".encode())
+                count += 1
+                total += info.file_size
+        kind: Literal["folder", "zip"] = "zip"
+    elif source.is_dir():
+        for root, dirs, files in os.walk(source):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(root) / name
+                size = path.stat().st_size
+                digest.update(f"{path.relative_to(source).as_posix()}\0{size}\n".encode())
+                count += 1
+                total += size
+        kind = "folder"
+    elif source.exists():
+        raise InputError(f"{source} is neither a folder nor a zip archive", hint="pass the unpacked folder or the zip")
+    else:
+        raise InputError(f"source not found: {source}")
+    return SourceInfo(
+        path=str(source.resolve()), kind=kind, file_count=count, total_bytes=total, fingerprint=digest.hexdigest()
+    )
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """The manifest of a prepared folder, or None when there is none; a damaged one is an error."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError) as exc:
+        raise DatasetLayoutError(
+            f"{path} is not a valid histostain manifest ({str(exc).splitlines()[0]})",
+            hint="re-run `histostain prepare` with --overwrite",
+        ) from exc
+
+
+def load_prepared(folder: Path, dataset: str | None = None) -> Manifest:
+    """Open a prepared dataset for reading (train/evaluate); errors say how to create one."""
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is None:
+        raise DatasetLayoutError(
+            f"{folder} is not a prepared dataset (no {MANIFEST_NAME})",
+            hint="create it with `histostain prepare <dataset> SOURCE --out DIR`",
+        )
+    if dataset is not None and manifest.dataset != dataset:
+        raise DatasetLayoutError(f"{folder} holds prepared {manifest.dataset!r} data, expected {dataset!r}")
+    return manifest
+
+
+def _normalise(value: Any) -> Any:
+    """Options as they appear after a JSON round trip, so fresh and stored options compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def option_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable list of options that differ, e.g. ``["size 256 -> 0"]``."""
+    old_n, new_n = _normalise(dict(old)), _normalise(dict(new))
+    return [
+        f"{key} {old_n.get(key, '(unset)')} -> {new_n.get(key, '(unset)')}"
+        for key in sorted(set(old_n) | set(new_n))
+        if old_n.get(key) != new_n.get(key)
+    ]
+
+
+def check_existing(
+    out: Path, dataset: str, source: SourceInfo, options: Mapping[str, Any], overwrite: bool
+) -> Manifest | None:
+    """Decide what to do with an existing output folder.
+
+    Returns the existing manifest when ``out`` already holds exactly this preparation (the caller then does
+    nothing). Returns None when the caller should build. Raises when ``out`` holds something else and
+    ``overwrite`` is false.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    manifest = read_manifest(out) if not overwrite else None
+    if overwrite:
+        return None
+    if manifest is None:
+        if any(out.iterdir()):
+            raise ConfigError(
+                f"--out {out} is not empty and is not a prepared dataset; refusing to write into it",
+                hint="choose another folder or pass --overwrite",
+            )
+        return None
+    differences: list[str] = []
+    if manifest.dataset != dataset:
+        differences.append(f"dataset {manifest.dataset} -> {dataset}")
+    if manifest.source.fingerprint != source.fingerprint:
+        differences.append(f"source {manifest.source.path} ({manifest.source.file_count} files) -> {source.path}")
+    differences += option_differences(manifest.options, options)
+    if not differences:
+        return manifest
+    raise ConfigError(
+        f"{out} was prepared differently: {'; '.join(differences)}",
+        hint="pass --overwrite to replace it, or choose another --out",
+    )
+
+
+@contextmanager
+def build_prepared(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Build a prepared dataset in a temporary sibling folder; it takes the name ``out`` when complete.
+
+    Write the manifest last with :func:`write_manifest`. Leftovers of interrupted runs are removed first.
+    """
+    remove_stale_partials(out)
+    with atomic_directory(out, replace=overwrite) as tmp:
+        yield tmp
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically (last step of a preparation)."""
+    return atomic_write_text(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
