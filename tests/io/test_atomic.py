@@ -59,3 +59,17 @@ def test_remove_stale_partials(tmp_path: Path) -> None:
     (tmp_path / ".other.abc.partial").mkdir()
     assert remove_stale_partials(tmp_path / "dataset") == 2
     assert [p.name for p in tmp_path.iterdir()] == [".other.abc.partial"]
+
+
+def test_outputs_get_normal_permissions_not_private_temp_ones(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "shared.txt", "x")
+        with atomic_directory(tmp_path / "folder") as tmp:
+            (tmp / "a").write_text("x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755

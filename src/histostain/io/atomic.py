@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(directory: bool) -> int:
+    """Permissions a normally created file or folder would get; mkstemp/mkdtemp use private 0600/0700."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path beside ``path``; on success it is renamed onto ``path`` in one step.
@@ -29,6 +41,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -65,6 +79,7 @@ def atomic_directory(path: str | os.PathLike[str], replace: bool = False) -> Ite
     old: Path | None = None
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(directory=True))
         if target.exists():
             if any(target.iterdir()):
                 if not replace:
