@@ -15,6 +15,8 @@ from histostain.datasets.prepared import (
     fingerprint_source,
     load_prepared,
     option_differences,
+    parse_fractions,
+    split_groups,
     write_manifest,
 )
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
@@ -117,3 +119,23 @@ def test_load_prepared_errors(tmp_path: Path) -> None:
 def test_option_differences_normalises_json_types() -> None:
     assert option_differences({"fractions": [0.6, 0.2, 0.2]}, {"fractions": (0.6, 0.2, 0.2)}) == []
     assert option_differences({"a": 1}, {"b": 2}) == ["a 1 -> (unset)", "b (unset) -> 2"]
+
+
+def test_parse_fractions() -> None:
+    assert parse_fractions("0.6,0.2,0.2") == {"train": 0.6, "val": 0.2, "test": 0.2}
+    for bad in ("0.5,0.5", "0.6,0.3,0.2", "a,b,c", "1.2,-0.1,-0.1"):
+        with pytest.raises(ConfigError, match="--fractions"):
+            parse_fractions(bad)
+
+
+def test_split_groups_keeps_groups_whole_and_counts_exact() -> None:
+    groups = [f"img{i:02d}" for i in range(10) for _ in range(4)]  # 10 source images, 4 patches each
+    assignment = split_groups(groups, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0)
+    assert set(assignment) == {f"img{i:02d}" for i in range(10)}
+    counts = {name: sum(1 for s in assignment.values() if s == name) for name in ("train", "val", "test")}
+    assert counts == {"train": 6, "val": 2, "test": 2}
+    assert split_groups(reversed(groups), {"train": 0.6, "val": 0.2, "test": 0.2}, seed=0) == assignment
+    assert split_groups(groups, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=1) != assignment
+    # largest remainder: 7 groups at 0.5/0.25/0.25 -> exact 3.5/1.75/1.75 -> 3/2/2
+    seven = split_groups([str(i) for i in range(7)], {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
+    assert sorted(seven.values()).count("train") == 3 and sorted(seven.values()).count("val") == 2

@@ -13,12 +13,14 @@ import json
 import os
 import sys
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from histostain import __version__
@@ -28,6 +30,7 @@ from histostain.io.atomic import atomic_directory, atomic_write_text, remove_sta
 MANIFEST_NAME = "manifest.json"
 PREPARED_FORMAT = "histostain-prepared"
 PREPARED_VERSION = 1
+SPLIT_NAMES = ("train", "val", "test")
 
 
 class SourceInfo(BaseModel):
@@ -190,3 +193,76 @@ def build_prepared(out: Path, overwrite: bool) -> Iterator[Path]:
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write ``manifest.json`` atomically (last step of a preparation)."""
     return atomic_write_text(folder / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
+
+
+@dataclass
+class PrepareSummary:
+    """What a ``prepare`` run did; rendered as the closing table and as ``--json``."""
+
+    dataset: str
+    out: Path
+    skipped: bool  # True when the folder already held exactly this preparation (no-op)
+    splits: dict[str, int]
+    counters: dict[str, int] = field(default_factory=dict)
+    source_files: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "out": str(self.out),
+            "skipped": self.skipped,
+            "splits": dict(self.splits),
+            "counters": dict(self.counters),
+            "source_files": self.source_files,
+            "seconds": round(self.seconds, 3),
+        }
+
+    @classmethod
+    def from_manifest(cls, out: Path, manifest: Manifest, skipped: bool, seconds: float) -> PrepareSummary:
+        return cls(
+            dataset=manifest.dataset,
+            out=out,
+            skipped=skipped,
+            splits=dict(manifest.splits),
+            counters=dict(manifest.counters),
+            source_files=manifest.source.file_count,
+            seconds=seconds,
+        )
+
+
+def parse_fractions(text: str | Sequence[float], names: Sequence[str] = SPLIT_NAMES) -> dict[str, float]:
+    """``"0.6,0.2,0.2"`` -> ``{"train": 0.6, "val": 0.2, "test": 0.2}``; must be >= 0 and sum to 1."""
+    try:
+        values = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError as exc:
+        raise ConfigError(f"--fractions {text!r} is not a comma-separated list of numbers") from exc
+    if len(values) != len(names) or any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
+        raise ConfigError(
+            f"--fractions {text!r} must be {len(names)} non-negative numbers ({', '.join(names)}) summing to 1"
+        )
+    return dict(zip(names, values, strict=True))
+
+
+def split_groups(groups: Iterable[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+    """Assign whole groups (source images) to splits, so no group's samples land in two splits.
+
+    Groups are sorted, shuffled with ``seed``, and cut into consecutive runs whose sizes are the fractions
+    rounded (largest-remainder rounding, so the counts add up exactly). Deterministic for a given group set.
+    """
+    unique = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    shuffled = [unique[i] for i in order]
+    names = list(fractions)
+    exact = [fractions[name] * len(unique) for name in names]
+    counts = [int(np.floor(value)) for value in exact]
+    remainders = sorted(range(len(names)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in remainders[: len(unique) - sum(counts)]:
+        counts[i] += 1
+    assignment: dict[str, str] = {}
+    start = 0
+    for name, count in zip(names, counts, strict=True):
+        for group in shuffled[start : start + count]:
+            assignment[group] = name
+        start += count
+    return assignment
