@@ -110,6 +110,9 @@ def _render_error(error: HistostainError, current: AppState) -> None:
 
 def _register_commands() -> None:
     """Attach the command modules; each imports only typer at module level (heavy imports stay inside)."""
+    from histostain.cli.synth import synth
+
+    app.command("synth")(synth)
 
 
 _register_commands()
