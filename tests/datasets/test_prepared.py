@@ -14,6 +14,7 @@ from histostain.datasets.prepared import (
     check_existing,
     fingerprint_source,
     load_prepared,
+    open_source,
     option_differences,
     parse_fractions,
     split_groups,
@@ -139,3 +140,16 @@ def test_split_groups_keeps_groups_whole_and_counts_exact() -> None:
     # largest remainder: 7 groups at 0.5/0.25/0.25 -> exact 3.5/1.75/1.75 -> 3/2/2
     seven = split_groups([str(i) for i in range(7)], {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
     assert sorted(seven.values()).count("train") == 3 and sorted(seven.values()).count("val") == 2
+
+
+def test_open_source_extracts_a_zip_and_cleans_up(tmp_path: Path) -> None:
+    archive = tmp_path / "BCI.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("BCI_dataset/HE/train/00000_train_1+.png", b"png")
+    scratch = tmp_path / "scratch"
+    with open_source(archive, scratch) as folder:
+        assert (folder / "BCI_dataset" / "HE" / "train" / "00000_train_1+.png").read_bytes() == b"png"
+    assert list(scratch.iterdir()) == []
+    plain = make_source(tmp_path / "plain")
+    with open_source(plain, scratch) as folder:
+        assert folder == plain

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -266,3 +267,24 @@ def split_groups(groups: Iterable[str], fractions: Mapping[str, float], seed: in
             assignment[group] = name
         start += count
     return assignment
+
+
+@contextmanager
+def open_source(source: Path, scratch_parent: Path) -> Iterator[Path]:
+    """Yield a folder holding the dataset: ``source`` itself, or a zip extracted safely into scratch space.
+
+    The extraction goes into a temporary folder under ``scratch_parent`` (next to the output, so on the same
+    disk) and is deleted afterwards, whatever happens.
+    """
+    if source.is_dir():
+        yield source
+        return
+    if not source.exists():
+        raise InputError(f"source not found: {source}")
+    if not zipfile.is_zipfile(source):
+        raise InputError(f"{source} is neither a folder nor a zip archive", hint="pass the unpacked folder or the zip")
+    from histostain.io.archives import extract_zip
+
+    scratch_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".histostain-extract-", dir=scratch_parent) as scratch:
+        yield extract_zip(source, Path(scratch) / "source")
