@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from histostain import __version__
-from histostain.cli.common import STATE, AppState, print_json, print_table, state, stderr_console
+from histostain.cli.common import STATE, AppState, print_json, print_summary, state, stderr_console
 from histostain.errors import HistostainError
 
 app = typer.Typer(
@@ -69,11 +69,6 @@ def doctor(
     if as_json:
         print_json(report)
         return
-    from rich.table import Table
-
-    table = Table(title=f"histostain {report['histostain']}", show_header=False, title_justify="left")
-    table.add_column("item", style="bold")
-    table.add_column("value")
     cuda = report["cuda"]
     resolved = report["resolved"]
     rows = [
@@ -90,11 +85,11 @@ def doctor(
         ("cache dir", report["cache_dir"]),
         ("config file", report["config_file"] or "none"),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    for name, item in report["settings"].items():
-        table.add_row(f"setting {name}", f"{item['value']}  [dim]from {item['source']}[/dim]")
-    print_table(table)
+    rows += [
+        (f"setting {name}", f"{item['value']}  [dim]from {item['source']}[/dim]")
+        for name, item in report["settings"].items()
+    ]
+    print_summary(f"histostain {report['histostain']}", rows, header=False)
     for warning in resolved["warnings"]:
         stderr_console().print(f"[yellow]warning:[/yellow] {warning}")
 

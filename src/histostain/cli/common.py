@@ -104,3 +104,15 @@ def print_json(payload: Any) -> None:
 
 def print_table(table: Table) -> None:
     stdout_console().print(table)
+
+
+def print_summary(title: str, rows: list[tuple[str, str]], header: bool = True) -> None:
+    """The closing two-column summary table every command prints (item, value)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=header)
+    table.add_column("item", style="bold")
+    table.add_column("value", justify="right" if header else "left")
+    for name, value in rows:
+        table.add_row(name, value)
+    print_table(table)

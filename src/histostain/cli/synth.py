@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from histostain.cli.common import print_json, print_table, state
+from histostain.cli.common import print_json, print_summary, state
 
 
 def _command_line(layout: str, out: Path, n: int, size: int | None, seed: int, folds: int, quirks: bool) -> list[str]:
@@ -56,17 +56,13 @@ def synth(
     if as_json:
         print_json(summary.to_dict())
         return
-    from rich.table import Table
-
-    table = Table(title=f"histostain synth: {summary.layout} -> {summary.out}", title_justify="left")
-    table.add_column("item", style="bold")
-    table.add_column("value", justify="right")
-    table.add_row("tiles", str(summary.tiles))
-    for name, count in summary.nuclei.items():
-        table.add_row(f"nuclei {name}", str(count))
-    table.add_row("nuclei total", str(summary.total_nuclei))
-    table.add_row("files written", str(summary.files_written))
-    table.add_row("quirks injected", str(len([r for r in summary.quirk_records if "skipped" not in r])))
-    table.add_row("seconds", f"{summary.seconds:.2f}")
-    table.add_row("tiles/s", f"{summary.tiles_per_second:.1f}")
-    print_table(table)
+    rows = [("tiles", str(summary.tiles))]
+    rows += [(f"nuclei {name}", str(count)) for name, count in summary.nuclei.items()]
+    rows += [
+        ("nuclei total", str(summary.total_nuclei)),
+        ("files written", str(summary.files_written)),
+        ("quirks injected", str(len([r for r in summary.quirk_records if "skipped" not in r]))),
+        ("seconds", f"{summary.seconds:.2f}"),
+        ("tiles/s", f"{summary.tiles_per_second:.1f}"),
+    ]
+    print_summary(f"histostain synth: {summary.layout} -> {summary.out}", rows)
