@@ -105,9 +105,11 @@ def _render_error(error: HistostainError, current: AppState) -> None:
 
 def _register_commands() -> None:
     """Attach the command modules; each imports only typer at module level (heavy imports stay inside)."""
+    from histostain.cli.prepare import prepare_app
     from histostain.cli.synth import synth
 
     app.command("synth")(synth)
+    app.add_typer(prepare_app, name="prepare")
 
 
 _register_commands()
