@@ -110,6 +110,21 @@ def _register_commands() -> None:
 
     app.command("synth")(synth)
     app.add_typer(prepare_app, name="prepare")
+    # DEVELOPMENT ONLY (replaced by plain imports before the work lands): modules still being written.
+    from importlib.util import find_spec
+
+    if find_spec("histostain.cli.train") is not None:
+        from histostain.cli.train import train_app
+
+        app.add_typer(train_app, name="train")
+    if find_spec("histostain.cli.translate") is not None:
+        from histostain.cli.translate import translate
+
+        app.command("translate")(translate)
+    if find_spec("histostain.cli.evaluate") is not None:
+        from histostain.cli.evaluate import evaluate_app
+
+        app.add_typer(evaluate_app, name="evaluate")
 
 
 _register_commands()
