@@ -1,0 +1,171 @@
+"""`histostain train cyclegan`: train a CycleGAN on prepared BCI (heavy imports inside the command).
+
+The HoVer-Net trainer is added to this same ``train_app`` as ``histostain train hovernet``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from histostain.cli.common import print_json, print_summary, state, stderr_console
+
+if TYPE_CHECKING:
+    from histostain.runtime.training import FitResult
+
+train_app = typer.Typer(help="Train models (CycleGAN stain translation).", no_args_is_help=True)
+
+
+def _command_line(ctx: typer.Context) -> list[str]:
+    """The equivalent command: the options given explicitly (flags or environment), in a canonical order."""
+    current = state(ctx)
+    command = ["histostain"]
+    if current.device:
+        command += ["--device", current.device]
+    if current.precision:
+        command += ["--precision", current.precision]
+    command += ["train", "cyclegan"]
+    for param in ctx.command.params:
+        name = param.name or ""
+        value = ctx.params.get(name)
+        source = getattr(ctx.get_parameter_source(name), "name", "")
+        if source not in {"COMMANDLINE", "ENVIRONMENT"} or name == "as_json":
+            continue
+        if param.param_type_name == "argument":
+            command.append(str(value))
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            if value:
+                command.append(flag)
+        elif value is not None:
+            command += [flag, str(value)]
+    return command
+
+
+def _render(result: FitResult, config: Any, as_json: bool) -> None:
+    if as_json:
+        print_json({**result.to_json(), "config": config.model_dump()})
+        return
+    metrics = result.metrics
+    losses = "  ".join(f"{k} {metrics[k]:.3g}" for k in ("G", "D_A", "D_B", "cycle_A", "cycle_B") if k in metrics)
+    rows = [
+        ("run folder", str(result.run_dir)),
+        ("status", result.status),
+        ("direction", f"{config.direction} (A = {config.domains[0]}, B = {config.domains[1]})"),
+        ("epochs", f"{result.epoch}/{result.epochs}"),
+        ("steps", str(result.step)),
+        ("processes", str(result.world_size)),
+        ("last losses", losses or "-"),
+        ("learning rate", f"{metrics['lr']:.3g}" if "lr" in metrics else "-"),
+        ("images/s", f"{result.images_per_second:.2f}"),
+        ("seconds", f"{result.seconds:.1f}"),
+        ("last checkpoint", str(result.last_checkpoint) if result.last_checkpoint else "-"),
+    ]
+    for key, value in result.validation.items():
+        rows.append((key, f"{value:.4g}"))
+    if result.best_checkpoint is not None and result.best is not None:
+        rows.append((f"best {result.best_metric}", f"{result.best:.4g} ({result.best_checkpoint})"))
+    print_summary(f"histostain train cyclegan: {result.run_dir.name}", rows)
+
+
+@train_app.command("cyclegan")
+def cyclegan(
+    ctx: typer.Context,
+    prepared: Annotated[Path, typer.Argument(help="A prepared BCI folder (`histostain prepare bci`).")],
+    name: Annotated[str, typer.Option("--name", help="Run name: outputs go to RUNS_DIR/NAME.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Training options from a TOML file (flags override it).")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent folder of the run folders.")] = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue RUNS_DIR/NAME from checkpoints/last.pt.")] = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs at the initial rate [100].")] = None,
+    epochs_decay: Annotated[
+        int | None, typer.Option("--epochs-decay", help="Epochs of linear decay to ~0 afterwards [100].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size per process [1].")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate [2e-4].")] = None,
+    crop: Annotated[int | None, typer.Option("--crop", help="Random crop side, a multiple of 4 [256].")] = None,
+    ngf: Annotated[int | None, typer.Option("--ngf", help="Generator width [64].")] = None,
+    ndf: Annotated[int | None, typer.Option("--ndf", help="Discriminator width [64].")] = None,
+    n_blocks: Annotated[int | None, typer.Option("--n-blocks", help="Generator residual blocks [9].")] = None,
+    lambda_cycle: Annotated[
+        float | None, typer.Option("--lambda-cycle", help="Cycle-consistency weight of both directions [10].")
+    ] = None,
+    lambda_identity: Annotated[
+        float | None, typer.Option("--lambda-identity", help="Identity weight relative to the cycle weight [0.5].")
+    ] = None,
+    pool_size: Annotated[int | None, typer.Option("--pool-size", help="Image history pool size [50].")] = None,
+    direction: Annotated[
+        str | None, typer.Option("--direction", help="ihc2he (A = IHC, B = H&E; the default) or he2ihc.")
+    ] = None,
+    save_every: Annotated[
+        int | None, typer.Option("--save-every", help="Keep a checkpoint every N epochs, 0 = never [5].")
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option("--log-every", help="Write a metrics.csv row every N steps [100].")
+    ] = None,
+    sample_every: Annotated[
+        int | None, typer.Option("--sample-every", help="Write a sample grid every N steps, 0 = never [400].")
+    ] = None,
+    val_every: Annotated[
+        int | None, typer.Option("--val-every", help="Validate (PSNR/SSIM on val) every N epochs, 0 = never [5].")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after N steps in total (smoke tests).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of weights, data order and pools [0].")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers", help="DataLoader worker processes [4].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train a CycleGAN (reference defaults) on prepared BCI; resumable; multi-GPU under torchrun."""
+    state(ctx).settings()
+    manager = state(ctx).device_manager()
+    from histostain.translation.train import train_cyclegan
+
+    given = {
+        "epochs": epochs,
+        "epochs_decay": epochs_decay,
+        "batch_size": batch_size,
+        "lr": lr,
+        "crop": crop,
+        "ngf": ngf,
+        "ndf": ndf,
+        "n_blocks": n_blocks,
+        "lambda_identity": lambda_identity,
+        "pool_size": pool_size,
+        "direction": direction.lower() if direction else None,
+        "save_every": save_every,
+        "log_every": log_every,
+        "sample_every": sample_every,
+        "val_every": val_every,
+        "max_steps": max_steps,
+        "seed": seed,
+        "num_workers": num_workers,
+    }
+    overrides: dict[str, Any] = dict(given)  # CycleGANConfig field names; None = not given
+    if lambda_cycle is not None:
+        overrides["lambda_a"] = overrides["lambda_b"] = lambda_cycle
+    resolved, result = train_cyclegan(
+        prepared,
+        name=name,
+        runs_dir=runs_dir,
+        manager=manager,
+        resume=resume,
+        overrides=overrides,
+        config_file=config,
+        command=_command_line(ctx),
+    )
+    if not result.is_main:
+        return
+    _render(result, resolved, as_json)
+    if result.status == "interrupted":
+        stderr_console().print(
+            f"[yellow]interrupted at step {result.step}:[/yellow] {result.last_checkpoint or 'nothing'} saved; "
+            f"continue with the same command plus --resume",
+            highlight=False,
+        )
+    sys.stdout.flush()
