@@ -1,0 +1,320 @@
+"""FID / KID: closed forms, the unbiased MMD^2 by hand, statistics files, and the services on synthetic tiles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from histostain.errors import ConfigError, InputError, WeightsError
+from histostain.io.images import write_image
+from histostain.metrics import fid as fid_module
+from histostain.metrics.fid import (
+    ImageTensorDataset,
+    _collate,
+    compute_statistics,
+    covariance_factor,
+    evaluate_fid,
+    evaluate_kid,
+    frechet_distance,
+    kid_from_features,
+)
+from histostain.metrics.inception import FID_WEIGHTS_URL
+from histostain.runtime.device import DeviceManager
+from tests.metrics.test_inception import random_fid_weights
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared, loaded 2-core machine OpenMP barriers make 2 threads many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def fid_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_fid_weights(tmp_path_factory.getbasetemp() / "fid_weights")
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 synthetic 64 x 64 tiles as H&E (``he/``) and as IHC (``ihc/``)."""
+    from histostain.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("fid_tiles")
+    write_dataset("tiles", root / "tiles", 3, 64, seed=3)
+    return root / "tiles"
+
+
+@pytest.fixture(scope="module")
+def cpu() -> DeviceManager:
+    return DeviceManager.create("cpu", "fp32")
+
+
+def _spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
+    a = rng.normal(size=(d, rank or d))
+    return a @ a.T / (rank or d)
+
+
+# ------------------------------------------------------------------------------------------ Fréchet distance
+
+
+def test_frechet_one_dimensional_closed_form() -> None:
+    # W2^2 between N(1, 2^2) and N(4, 5^2) is (1 - 4)^2 + (2 - 5)^2 = 18
+    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([4.0]), np.array([[25.0]])) == pytest.approx(
+        18.0, abs=1e-12
+    )
+
+
+def test_frechet_commuting_covariances_closed_form() -> None:
+    """Same eigenvectors: the trace term is sum sqrt(a_i b_i), so FID = |dmu|^2 + sum (sqrt a - sqrt b)^2."""
+    rng = np.random.default_rng(0)
+    d = 32
+    a, b = rng.uniform(0.1, 5.0, d), rng.uniform(0.1, 5.0, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    rotated = frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2, q @ np.diag(b) @ q.T)
+    assert rotated == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_general_case_matches_scipy_sqrtm() -> None:
+    rng = np.random.default_rng(1)
+    d = 24
+    s1, s2 = _spd(rng, d), _spd(rng, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_identical_and_symmetric_even_when_rank_deficient() -> None:
+    rng = np.random.default_rng(2)
+    d = 64
+    full1, full2 = _spd(rng, d), _spd(rng, d)
+    thin1, thin2 = _spd(rng, d, rank=10), _spd(rng, d, rank=7)  # N < d: singular covariances
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    for s1, s2 in ((full1, full2), (thin1, thin2)):
+        assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-9 * np.trace(s1)
+        forward, backward = frechet_distance(mu1, s1, mu2, s2), frechet_distance(mu2, s2, mu1, s1)
+        assert np.isfinite(forward) and forward > 0
+        assert forward == pytest.approx(backward, rel=1e-9)
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(10, 7), (10, 60), (60, 70)])
+def test_frechet_small_sample_routes_agree_with_the_full_route(n1: int, n2: int) -> None:
+    """Covariance factors (N <= d) take N-sized routes; the value must equal the d x d eigenvalue route."""
+    rng = np.random.default_rng(n1 + n2)
+    d = 40
+    f1, f2 = rng.normal(size=(n1, d)), rng.normal(size=(n2, d)) * 1.5 + 0.2
+    (mu1, s1), (mu2, s2) = compute_statistics(f1), compute_statistics(f2)
+    a1, a2 = covariance_factor(f1, mu1), covariance_factor(f2, mu2)
+    np.testing.assert_allclose(a1.T @ a1, s1, atol=1e-12)
+    full = frechet_distance(mu1, s1, mu2, s2)
+    if n1 >= d and n2 >= d:  # well-conditioned: scipy's sqrtm is a trustworthy independent reference
+        ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+        assert full == pytest.approx(ref, rel=1e-9)
+    for kwargs in ({"factor1": a1}, {"factor2": a2}, {"factor1": a1, "factor2": a2}):
+        assert frechet_distance(mu1, s1, mu2, s2, **kwargs) == pytest.approx(full, rel=1e-9, abs=1e-9)
+
+
+def test_frechet_rejects_mismatched_dimensions() -> None:
+    with pytest.raises(InputError, match="dimensions differ"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(InputError, match="NaN"):
+        frechet_distance(np.zeros(2), np.array([[np.nan, 0], [0, 1]]), np.zeros(2), np.eye(2))
+
+
+def test_statistics_by_hand() -> None:
+    features = np.array([[1, 2], [3, 6], [5, 10]], dtype=np.float32)
+    mu, sigma = compute_statistics(features)
+    assert mu.dtype == np.float64 and sigma.dtype == np.float64
+    np.testing.assert_allclose(mu, [3.0, 6.0])
+    # deviations (-2, -4), (0, 0), (2, 4); sums of products / (N - 1) = 2
+    np.testing.assert_allclose(sigma, [[4.0, 8.0], [8.0, 16.0]])
+    with pytest.raises(InputError, match="at least 2"):
+        compute_statistics(features[:1])
+
+
+# ------------------------------------------------------------------------------------------------------- KID
+
+
+def test_kid_hand_computed_m3() -> None:
+    """k(x, y) = (x.y / 2 + 1)^3 on d = 2; with N = m = 3 every subset is the whole set, in some order.
+
+    XX off-diagonal: x1.x2 = 0 -> 1, x1.x3 = 1 -> 3.375, x2.x3 = 1 -> 3.375, both orders: 15.5
+    YY off-diagonal: all dot products 0 -> 1, both orders: 6
+    XY: rows x1 (1, 8, 1), x2 (1, 1, 8), x3 (1, 8, 8): 37
+    MMD^2 = (15.5 + 6) / (3 * 2) - 2 * 37 / 9 = -167/36 (the unbiased estimate may be negative)
+    """
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    mean, std = kid_from_features(x, y, subsets=5, subset_size=1000, seed=7)
+    assert mean == pytest.approx(-167 / 36, abs=1e-12)
+    assert std == pytest.approx(0.0, abs=1e-12)
+
+
+def _mmd2_loops(x: np.ndarray, y: np.ndarray) -> float:
+    m, d = len(x), x.shape[1]
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:
+        return (float(a @ b) / d + 1.0) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+    return (xx + yy) / (m * (m - 1)) - 2 * xy / (m * m)
+
+
+def test_kid_subset_protocol_and_both_code_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """m = min(subset_size, N1, N2); per subset: real indices, then fake indices, from default_rng(seed)."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(6, 5)), rng.normal(size=(9, 5)) + 0.3
+    rng = np.random.default_rng(11)
+    values = []
+    for _ in range(4):
+        ix, iy = rng.choice(6, 6, replace=False), rng.choice(9, 6, replace=False)
+        values.append(_mmd2_loops(x[ix], y[iy]))
+    mean, std = kid_from_features(x, y, subsets=4, subset_size=1000, seed=11)
+    assert mean == pytest.approx(np.mean(values), rel=1e-10)
+    assert std == pytest.approx(np.std(values), rel=1e-8)
+    monkeypatch.setattr(fid_module, "_GRAM_BYTES_LIMIT", 0)  # force the per-subset products
+    assert kid_from_features(x, y, subsets=4, subset_size=1000, seed=11) == pytest.approx((mean, std), rel=1e-10)
+
+
+def test_kid_is_unbiased_for_equal_distributions() -> None:
+    """Mean over independent draws ~ 0 (a biased V-statistic would sit near +0.25 here), values of both signs."""
+    rng = np.random.default_rng(4)
+    draws = np.array(
+        [kid_from_features(rng.normal(size=(50, 4)), rng.normal(size=(50, 4)), subsets=1)[0] for _ in range(200)]
+    )
+    standard_error = draws.std() / np.sqrt(len(draws))
+    assert abs(draws.mean()) < 4 * standard_error
+    assert (draws < 0).any() and (draws > 0).any()
+    shifted = kid_from_features(rng.normal(size=(50, 4)), rng.normal(size=(50, 4)) + 1.0, subsets=10)[0]
+    assert shifted > 20 * standard_error
+
+
+def test_kid_needs_two_samples() -> None:
+    with pytest.raises(InputError, match="at least 2"):
+        kid_from_features(np.ones((1, 3)), np.ones((5, 3)))
+    with pytest.raises(InputError, match="equal d"):
+        kid_from_features(np.ones((4, 3)), np.ones((4, 2)))
+
+
+# ----------------------------------------------------------------------------------------------- data path
+
+
+def test_dataset_resizes_each_image_and_reports_unreadable_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    write_image(tmp_path / "a.png", small)
+    write_image(tmp_path / "b.png", rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    (tmp_path / "c.png").write_bytes(b"not a png")
+    dataset = ImageTensorDataset([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"])
+    batch, error = _collate([dataset[0], dataset[1]])
+    assert error is None and batch is not None and batch.shape == (2, 3, 299, 299)
+    reference = torch.nn.functional.interpolate(
+        torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255, size=(299, 299), mode="bilinear"
+    )
+    torch.testing.assert_close(batch[:1], reference, rtol=0, atol=1e-6)
+    _, error = _collate([dataset[0], dataset[2]])
+    assert error is not None and "c.png" in error
+
+
+# --------------------------------------------------------------------------------------------------- services
+
+
+def test_fid_of_a_folder_with_itself_is_zero(tiles: Path, fid_weights: Path, cpu: DeviceManager) -> None:
+    result = evaluate_fid(tiles / "he", tiles / "he", device=cpu, weights=fid_weights, num_workers=0)
+    assert result.metric == "fid"
+    assert abs(result.summary["fid"]) < 1e-6 * max(1.0, float(np.abs(result.summary["fid"])))
+    assert result.summary["n_real"] == 3 and result.summary["n_fake"] == 3
+    assert any("N real = 3 < 2048" in w for w in result.warnings)
+    assert any("N fake = 3 < 2048" in w for w in result.warnings)
+    assert result.meta["weights_sha256"] == hashlib.sha256(fid_weights.read_bytes()).hexdigest()
+    assert result.meta["feature_dim"] == 2048
+    assert "align_corners=False" in result.meta["resize"]
+    json.dumps(result.to_json())  # strict JSON
+
+
+def test_fid_statistics_round_trip(tiles: Path, fid_weights: Path, cpu: DeviceManager, tmp_path: Path) -> None:
+    stats = tmp_path / "real_stats.npz"
+    direct = evaluate_fid(
+        tiles / "he", tiles / "ihc", device=cpu, weights=fid_weights, num_workers=1, batch_size=2, save_stats=stats
+    )
+    assert direct.summary["fid"] > 0
+    with np.load(stats) as data:  # pytorch-fid reads exactly these two arrays
+        assert data["mu"].shape == (2048,) and data["sigma"].shape == (2048, 2048)
+        assert int(data["n"]) == 3
+    via_file = evaluate_fid(stats, tiles / "ihc", device=cpu, weights=fid_weights, num_workers=0)
+    assert via_file.summary["fid"] == pytest.approx(direct.summary["fid"], rel=1e-6)
+    assert via_file.summary["n_real"] == 3
+    assert via_file.tables["inputs"][0]["kind"] == "statistics"
+    assert "A2 S1 A2^T (3 x 3)" in via_file.meta["sqrt_trace"]  # the exact small route for the N = 3 side
+
+
+def test_fid_stats_from_other_weights_are_flagged(tmp_path: Path, cpu: DeviceManager, tiles: Path) -> None:
+    from histostain.metrics.fid import write_stats
+
+    rng = np.random.default_rng(6)
+    mu, sigma = rng.normal(size=4), np.eye(4)  # statistics on both sides: any d, no network, no weights
+    write_stats(tmp_path / "a.npz", mu, sigma, n=5000, weights_sha256="0" * 64)
+    write_stats(tmp_path / "b.npz", mu, sigma, n=5000, weights_sha256="1" * 64)
+    result = evaluate_fid(tmp_path / "a.npz", tmp_path / "b.npz", device=cpu)
+    assert result.summary["fid"] == pytest.approx(0.0, abs=1e-9)
+    assert len(result.warnings) == 1 and "different Inception weights" in result.warnings[0]
+    assert "a.npz: 000000000000" in result.warnings[0] and "b.npz: 111111111111" in result.warnings[0]
+    assert evaluate_fid(tmp_path / "a.npz", tmp_path / "a.npz", device=cpu).warnings == []  # N >= 2048, same weights
+    np.savez(tmp_path / "pytorch_fid.npz", mu=mu, sigma=sigma)  # pytorch-fid's files carry no N
+    unknown = evaluate_fid(tmp_path / "pytorch_fid.npz", tmp_path / "a.npz", device=cpu)
+    assert unknown.summary["n_real"] is None and any("N real unknown" in w for w in unknown.warnings)
+    np.savez(tmp_path / "bad.npz", mean=mu)
+    with pytest.raises(InputError, match=r"bad.npz holds \['mean'\]"):
+        evaluate_fid(tmp_path / "bad.npz", tmp_path / "a.npz", device=cpu)
+    np.savez(tmp_path / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
+    assert result.meta["weights"] is None
+    with pytest.raises(InputError, match="feature dimensions differ"):
+        evaluate_fid(tmp_path / "small.npz", tmp_path / "a.npz", device=cpu)
+    with pytest.raises(ConfigError, match="batch size"):
+        evaluate_fid(tiles / "he", tiles / "ihc", device=cpu, batch_size=0)
+    with pytest.raises(ConfigError, match="subset size"):
+        evaluate_kid(tiles / "he", tiles / "ihc", device=cpu, subset_size=1)
+    with pytest.raises(ConfigError, match=r"\.npz"):
+        evaluate_fid(tiles / "he", tiles / "ihc", device=cpu, save_stats=tmp_path / "stats.txt")
+
+
+def test_kid_service(tiles: Path, fid_weights: Path, cpu: DeviceManager) -> None:
+    result = evaluate_kid(tiles / "he", tiles / "ihc", device=cpu, weights=fid_weights, num_workers=0, subsets=10)
+    summary = result.summary
+    assert np.isfinite(summary["kid"]) and summary["kid_std"] >= 0
+    assert summary["kid_x1000"] == pytest.approx(1000 * summary["kid"])
+    assert summary["subset_size"] == 3 and summary["subsets"] == 10
+    assert any("subset size reduced from 1000 to 3" in w for w in result.warnings)
+
+
+def test_services_fail_fast_without_weights_or_with_stats_for_kid(
+    tiles: Path, cpu: DeviceManager, tmp_path: Path
+) -> None:
+    with pytest.raises(WeightsError) as info:
+        evaluate_fid(tiles / "he", tiles / "ihc", device=cpu, weights_dir=tmp_path / "weights")
+    assert FID_WEIGHTS_URL in info.value.one_line()
+    np.savez(tmp_path / "s.npz", mu=np.zeros(2), sigma=np.eye(2))
+    with pytest.raises(InputError, match="KID needs the images"):
+        evaluate_kid(tmp_path / "s.npz", tiles / "ihc", device=cpu, weights_dir=tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        evaluate_fid(tmp_path / "missing", tiles / "ihc", device=cpu, weights_dir=tmp_path)
+    single = tmp_path / "single"
+    single.mkdir()
+    write_image(single / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InputError, match="has 1 image"):
+        evaluate_fid(single, tiles / "ihc", device=cpu, weights_dir=tmp_path)
