@@ -130,3 +130,30 @@ def test_missing_prepared_folder(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ["train", "cyclegan", str(tmp_path / "nope"), "--name", "x", "--runs-dir", str(tmp_path)], capsys
     )
     assert code == 2 and "nope" in err and not (tmp_path / "x").exists()
+
+
+def test_val_fid_needs_weights_before_training(
+    tmp_path: Path, prepared: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HISTOSTAIN_HOME", str(tmp_path / "home"))
+    args = ["train", "cyclegan", str(prepared), "--name", "fid", "--runs-dir", str(tmp_path / "runs"), *TINY]
+    code, out, err = run([*args, "--max-steps", "1", "--val-fid"], capsys)
+    assert code == 2 and "pt_inception-2015-12-05-6726825d.pth" in err
+    assert not (tmp_path / "runs" / "fid").exists()  # refused before anything was written
+
+
+def test_val_fid_is_logged_with_psnr_and_ssim(
+    tmp_path: Path, prepared: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.metrics.test_inception import random_fid_weights
+
+    weights = random_fid_weights(tmp_path / "weights")
+    runs = tmp_path / "runs"
+    args = ["train", "cyclegan", str(prepared), "--name", "fid", "--runs-dir", str(runs), *TINY]
+    extra = ["--epochs", "1", "--epochs-decay", "0", "--val-every", "1", "--val-fid", "--fid-weights", str(weights)]
+    code, out, err = run([*args, *extra, "--log-every", "1"], capsys)
+    assert code == 0, err
+    with (runs / "fid" / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("val_fid")]
+    assert rows, "no validation row with val_fid"
+    assert float(rows[-1]["val_fid"]) >= 0 and float(rows[-1]["val_ssim"]) <= 1

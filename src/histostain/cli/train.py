@@ -114,6 +114,14 @@ def cyclegan(
     val_every: Annotated[
         int | None, typer.Option("--val-every", help="Validate (PSNR/SSIM on val) every N epochs, 0 = never [5].")
     ] = None,
+    val_fid: Annotated[
+        bool | None,
+        typer.Option("--val-fid/--no-val-fid", help="Also compute FID (translated vs real H&E) when validating."),
+    ] = None,
+    fid_weights: Annotated[
+        Path | None,
+        typer.Option("--fid-weights", help="FID-Inception weights [HISTOSTAIN_HOME/weights/pt_inception-...pth]."),
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Stop after N steps in total (smoke tests).")
     ] = None,
@@ -122,9 +130,14 @@ def cyclegan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a CycleGAN (reference defaults) on prepared BCI; resumable; multi-GPU under torchrun."""
-    state(ctx).settings()
+    settings = state(ctx).settings().settings
     manager = state(ctx).device_manager()
     from histostain.translation.train import train_cyclegan
+
+    if val_fid and fid_weights is None:
+        from histostain.metrics.inception import FID_WEIGHTS_FILENAME
+
+        fid_weights = settings.weights_dir / FID_WEIGHTS_FILENAME
 
     given = {
         "epochs": epochs,
@@ -143,6 +156,8 @@ def cyclegan(
         "sample_every": sample_every,
         "val_every": val_every,
         "max_steps": max_steps,
+        "val_fid": val_fid,
+        "fid_weights": str(fid_weights) if fid_weights is not None else None,
         "seed": seed,
         "num_workers": num_workers,
     }

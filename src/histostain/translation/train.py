@@ -92,6 +92,8 @@ class CycleGANConfig(BaseModel):
     save_latest_steps: int = Field(5000, ge=0, description="steps between refreshes of last.pt")
     val_every: int = Field(5, ge=0, description="epochs between validations")
     val_max_images: int = Field(200, ge=1)
+    val_fid: bool = Field(False, description="also FID of translated A vs real B on val (needs the FID weights)")
+    fid_weights: str | None = Field(None, description="pt_inception-2015-12-05-6726825d.pth for val_fid")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (smoke tests)")
     tensorboard: bool = True
 
@@ -373,7 +375,7 @@ class CycleGANTrainer(Trainer):
         return np.concatenate([top, bottom], axis=0)
 
     def validate(self) -> dict[str, float]:
-        """Paired PSNR/SSIM (BCI protocol) of G_A on the val split; FID is wired in by the FID module."""
+        """Paired PSNR/SSIM (BCI protocol) of G_A on the val split, and FID against real B with ``val_fid``."""
         if self.val_dataset is None:
             return {}
         from torch.utils.data import DataLoader, Subset
@@ -388,21 +390,49 @@ class CycleGANTrainer(Trainer):
         loader = DataLoader(Subset(self.val_dataset, range(count)), batch_size=self.cfg.batch_size, num_workers=0)
         psnrs: list[float] = []
         ssims: list[float] = []
+        fid_model = self._fid_network() if self.cfg.val_fid else None
+        fake_features: list[np.ndarray] = []
+        real_features: list[np.ndarray] = []
         try:
             with torch.inference_mode():
                 for batch in track(loader, "validation", unit="batch"):
                     with self.manager.autocast():
                         fake = generator(self.manager.to_device(batch["A"]))
-                    for made, target in zip(to_uint8(fake), to_uint8(batch["B"]), strict=True):
+                    fake_u8, real_u8 = to_uint8(fake), to_uint8(batch["B"])
+                    for made, target in zip(fake_u8, real_u8, strict=True):
                         psnrs.append(psnr(target, made))
                         ssims.append(ssim(target, made))
+                    if fid_model is not None:
+                        fake_features.append(self._fid_features(fid_model, fake_u8))
+                        real_features.append(self._fid_features(fid_model, real_u8))
         finally:
             generator.train(was_training)
         finite = [value for value in psnrs if math.isfinite(value)]
-        return {
+        scores = {
             "val_psnr": float(np.mean(finite)) if finite else math.inf,
             "val_ssim": float(np.mean(ssims)),
         }
+        if fid_model is not None and count >= 2:
+            from histostain.metrics.fid import compute_statistics, frechet_distance
+
+            mu_f, sigma_f = compute_statistics(np.concatenate(fake_features))
+            mu_r, sigma_r = compute_statistics(np.concatenate(real_features))
+            scores["val_fid"] = frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+        return scores
+
+    def _fid_network(self) -> torch.nn.Module:
+        """The FID-Inception network, loaded once (the weights were checked to exist before training)."""
+        if getattr(self, "_fid_model", None) is None:
+            from histostain.metrics.inception import load_fid_inception, resolve_weights
+
+            path = resolve_weights(Path(self.cfg.fid_weights) if self.cfg.fid_weights else None)
+            self._fid_model = load_fid_inception(path).to(self.manager.device).eval()
+        return self._fid_model
+
+    def _fid_features(self, model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+        """2048-d pool3 features of uint8 NHWC images (the network resizes to 299 and scales to [-1, 1])."""
+        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(255.0)
+        return model(batch.to(self.manager.device)).double().cpu().numpy()
 
     # ------------------------------------------------------------------ checkpoint contents
     def extra_state(self) -> dict[str, Any]:
@@ -479,6 +509,11 @@ def train_cyclegan(
         config = resolve_config(config_file=config_file, overrides=overrides, base=stored)
     if stored is not None:
         check_resume_compatible(CycleGANConfig.model_validate(stored), config)
+    if config.val_fid:
+        from histostain.metrics.inception import resolve_weights
+
+        # fail before training, not at the first validation hours later
+        resolve_weights(Path(config.fid_weights) if config.fid_weights else None)
     train, val = _datasets(prepared, config)
     dist = init_distributed(manager)
     try:
