@@ -131,7 +131,9 @@ def _x(h: int = 32, w: int = 24, seed: int = 1) -> torch.Tensor:
 def _same(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
     with torch.inference_mode():
         ya, yb = a(x), b(x)
-    torch.testing.assert_close(ya, yb, rtol=0, atol=1e-6)
+    # float32 through ~20 layers: the reference's InstanceNorm2d and our group-norm kernel reduce in different
+    # orders, which moves outputs by a few 1e-6; a wrong weight or layout moves them by orders of magnitude more
+    torch.testing.assert_close(ya, yb, rtol=0, atol=2e-5)
 
 
 # ------------------------------------------------------------------------------------------------- reference

@@ -144,3 +144,17 @@ def test_bad_config_values_are_config_errors() -> None:
         build_generator({"ngf": 4, "blocks": 3})
     with pytest.raises(ConfigError, match="padding"):
         ResnetGenerator(padding_type="circular")
+
+
+def test_fast_instance_norm_is_the_reference_instance_norm() -> None:
+    from histostain.translation.cyclegan import InstanceNorm2d
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 11, 7, dtype=torch.float64, requires_grad=True)
+    ours, reference = InstanceNorm2d(5), torch.nn.InstanceNorm2d(5)
+    assert list(ours.state_dict()) == [] == list(reference.state_dict())
+    out_ours, out_ref = ours(x), reference(x)
+    assert torch.allclose(out_ours, out_ref, atol=1e-10)
+    (grad_ours,) = torch.autograd.grad(out_ours.pow(3).sum(), x)
+    (grad_ref,) = torch.autograd.grad(out_ref.pow(3).sum(), x)
+    assert torch.allclose(grad_ours, grad_ref, atol=1e-8)

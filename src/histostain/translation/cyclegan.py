@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from histostain.errors import ConfigError
 
@@ -32,10 +33,24 @@ DOWN_PADDINGS = ("zeros", "reflect")
 GENERATOR_ARCH = "resnet_generator"
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """The reference's parameter-free instance norm, computed as a group norm with one channel per group.
+
+    Same function (per-sample, per-channel mean and biased variance; no parameters, no buffers, so the state
+    dict is unchanged), but PyTorch's CPU group-norm kernel is several times faster than its instance-norm
+    path, which reshapes into a batch norm: on a 2-core CPU the generator spent a fifth of its time there.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.affine or self.track_running_stats or input.dim() != 4:
+            return super().forward(input)
+        return F.group_norm(input, input.shape[1], eps=self.eps)
+
+
 def norm_layer(norm: str, channels: int) -> nn.Module:
     """The normalisation module the reference uses for ``--norm`` (identity for ``none``)."""
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if norm == "batch":
         return nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
     if norm == "none":
