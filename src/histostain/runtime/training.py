@@ -509,6 +509,10 @@ class Trainer(ABC):
         """The checkpoint's ``state_dict`` (the model inference uses); the first model by default."""
         return next(iter(self.models.values())).state_dict()
 
+    def batch_size_for_epoch(self, epoch: int) -> int:
+        """Batch size (per process) of ``epoch`` (0-based); ``loop.batch_size`` unless a schedule changes it."""
+        return self.loop.batch_size
+
     def learning_rate(self) -> float:
         if not self.optimizers:
             return float("nan")
@@ -638,15 +642,16 @@ class Trainer(ABC):
         import torch
         from torch.utils.data import DataLoader
 
+        batch_size = self.batch_size_for_epoch(epoch)
         sampler.set_epoch(epoch)
-        sampler.skip(self.state.batch_in_epoch * self.loop.batch_size)
+        sampler.skip(self.state.batch_in_epoch * batch_size)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         # a private generator: worker seeds depend on (seed, epoch) and the global torch RNG is left untouched
         generator = torch.Generator().manual_seed(self.loop.seed * 1_000_003 + epoch)
         return DataLoader(
             dataset,
-            batch_size=self.loop.batch_size,
+            batch_size=batch_size,
             sampler=sampler,
             num_workers=self.loop.num_workers,
             pin_memory=self.manager.plan.kind == "cuda",
@@ -673,7 +678,6 @@ class Trainer(ABC):
         if resume:
             self.restore()
         sampler = self.dist.sampler(dataset, shuffle=True, seed=self.loop.seed)
-        steps_per_epoch = math.ceil(sampler.num_samples / self.loop.batch_size)
         tensorboard = _TensorBoard(self.run.tensorboard, self.loop.tensorboard and self.dist.is_main)
         images_done = 0
         status = "completed"
@@ -702,6 +706,7 @@ class Trainer(ABC):
                         if self._max_steps_reached():
                             status = "max_steps"
                             break
+                        steps_per_epoch = math.ceil(sampler.num_samples / self.batch_size_for_epoch(epoch))
                         loader = self._loader(dataset, sampler, epoch)
                         shown: dict[str, float] = {}
                         shown_count = 0
