@@ -27,6 +27,16 @@ from histostain.runtime.device import DeviceManager
 from histostain.runtime.distributed import init_distributed
 from histostain.runtime.training import RunDirectory
 from histostain.segmentation import load_hovernet
+from histostain.segmentation.augment import (
+    InputAugment,
+    add_brightness,
+    add_contrast,
+    add_hue,
+    add_saturation,
+    gaussian_blur,
+    gaussian_noise,
+    median_blur,
+)
 from histostain.segmentation.compat import save_hovernet
 from histostain.segmentation.hovernet import HoVerNet
 from histostain.segmentation.losses import LossWeights
@@ -35,17 +45,9 @@ from histostain.segmentation.train import (
     HoVerNetConfig,
     HoVerNetSamples,
     HoVerNetTrainer,
-    InputAugment,
-    add_brightness,
-    add_contrast,
-    add_hue,
-    add_saturation,
     build_datasets,
     check_resume_compatible,
-    gaussian_blur,
-    gaussian_noise,
     load_init_weights,
-    median_blur,
     network_sizes,
     resolve_config,
     train_hovernet,

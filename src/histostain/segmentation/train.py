@@ -28,7 +28,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from scipy import ndimage
 from torch.utils.data import Dataset
 
 from histostain.errors import ConfigError, DatasetLayoutError, WeightsError
@@ -42,6 +41,7 @@ from histostain.runtime.training import (
     seed_everything,
     set_deterministic,
 )
+from histostain.segmentation.augment import InputAugment, to_uint8
 from histostain.segmentation.hovernet import DEFAULT_DECODER_UNITS, DEFAULT_UNITS, PATCH_SIZES, HoVerNet
 from histostain.segmentation.losses import HoVerNetLoss, LossWeights
 from histostain.segmentation.targets import centre_crop, make_targets
@@ -233,127 +233,6 @@ def check_resume_compatible(stored: HoVerNetConfig, resolved: HoVerNetConfig) ->
 # ------------------------------------------------------------------------------------------ augmentation
 # The reference's input augmentations (``dataloader/augs.py``), re-implemented on uint8 RGB arrays with numpy
 # and scipy (no OpenCV): each takes the image and a numpy Generator and returns a new uint8 image.
-
-
-def _cv2_gaussian_kernel(ksize: int) -> np.ndarray:
-    """OpenCV's ``getGaussianKernel(ksize, 0)``: sigma = 0.3 ((ksize - 1) / 2 - 1) + 0.8, normalised."""
-    sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-    offsets = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
-    kernel = np.exp(-(offsets**2) / (2 * sigma * sigma))
-    return kernel / kernel.sum()
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def gaussian_blur(image: np.ndarray, rng: np.random.Generator, max_ksize: int = 5) -> np.ndarray:
-    """Gaussian blur with an odd kernel size drawn per axis from 1..max_ksize (1 = no blur on that axis)."""
-    ksize_y, ksize_x = (2 * rng.integers(0, max_ksize // 2 + 1, size=2) + 1).tolist()
-    out = image.astype(np.float64)
-    for axis, ksize in ((0, ksize_y), (1, ksize_x)):
-        if ksize > 1:
-            out = ndimage.correlate1d(out, _cv2_gaussian_kernel(ksize), axis=axis, mode="nearest")
-    return _to_uint8(out)
-
-
-def median_blur(image: np.ndarray, rng: np.random.Generator, max_ksize: int = 5) -> np.ndarray:
-    """Per-channel median filter with a square odd kernel drawn from 1..max_ksize (replicated border)."""
-    ksize = int(2 * rng.integers(0, max_ksize // 2 + 1) + 1)
-    if ksize == 1:
-        return image.copy()
-    return ndimage.median_filter(image, size=(ksize, ksize, 1), mode="nearest")
-
-
-def gaussian_noise(image: np.ndarray, rng: np.random.Generator, max_std: float = 0.05 * 255) -> np.ndarray:
-    """Additive Gaussian noise, std ~ U(0, max_std); per channel with probability 0.5, else shared by the 3."""
-    std = rng.uniform(0.0, max_std)
-    per_channel = rng.random() < 0.5
-    shape = image.shape if per_channel else (*image.shape[:2], 1)
-    return _to_uint8(image.astype(np.float64) + rng.normal(0.0, std, size=shape))
-
-
-def add_hue(image: np.ndarray, rng: np.random.Generator, limit: float = 8.0) -> np.ndarray:
-    """Shift the hue by U(-limit, limit) OpenCV units (0..180 = one turn)."""
-    from skimage.color import hsv2rgb, rgb2hsv
-
-    shift = rng.uniform(-limit, limit) / 180.0
-    hsv = rgb2hsv(image)
-    hsv[..., 0] = (hsv[..., 0] + shift) % 1.0
-    return _to_uint8(hsv2rgb(hsv) * 255.0)
-
-
-def add_saturation(image: np.ndarray, rng: np.random.Generator, limit: float = 0.2) -> np.ndarray:
-    """Blend with the grey image: ``img * v + grey * (1 - v)``, v = 1 + U(-limit, limit) (BT.601 grey)."""
-    value = 1.0 + rng.uniform(-limit, limit)
-    rgb = image.astype(np.float64)
-    grey = rgb @ np.array([0.299, 0.587, 0.114])
-    return _to_uint8(rgb * value + (grey * (1.0 - value))[..., None])
-
-
-def add_brightness(image: np.ndarray, rng: np.random.Generator, limit: float = 26.0) -> np.ndarray:
-    """Add U(-limit, limit) to every channel."""
-    return _to_uint8(image.astype(np.float64) + rng.uniform(-limit, limit))
-
-
-def add_contrast(image: np.ndarray, rng: np.random.Generator, limit: float = 0.25) -> np.ndarray:
-    """Scale about the per-channel mean by v = 1 + U(-limit, limit), then clip the *result*.
-
-    The reference's ``add_to_contrast`` clips its input instead of the result, so it returns the image unchanged
-    (a no-op); this is the transform it intended.
-    """
-    value = 1.0 + rng.uniform(-limit, limit)
-    rgb = image.astype(np.float64)
-    mean = rgb.mean(axis=(0, 1), keepdims=True)
-    return _to_uint8(rgb * value + mean * (1.0 - value))
-
-
-@dataclass(frozen=True)
-class InputAugment:
-    """The reference's image-only augmentation: one of {Gaussian blur, median blur, Gaussian noise}, then hue,
-    saturation, brightness and contrast in random order. A zero strength switches a member off."""
-
-    blur_max_ksize: int = 5
-    noise_max_std: float = 0.05 * 255
-    hue: float = 8.0
-    saturation: float = 0.2
-    brightness: float = 26.0
-    contrast: float = 0.25
-
-    @classmethod
-    def from_config(cls, config: HoVerNetConfig) -> InputAugment:
-        return cls(
-            config.blur_max_ksize,
-            config.noise_max_std,
-            config.hue,
-            config.saturation,
-            config.brightness,
-            config.contrast,
-        )
-
-    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        first: list[Any] = []
-        if self.blur_max_ksize > 1:
-            first += [lambda im: gaussian_blur(im, rng, self.blur_max_ksize)]
-            first += [lambda im: median_blur(im, rng, self.blur_max_ksize)]
-        if self.noise_max_std > 0:
-            first += [lambda im: gaussian_noise(im, rng, self.noise_max_std)]
-        if first:
-            image = first[int(rng.integers(len(first)))](image)
-        colour = [
-            (add_hue, self.hue),
-            (add_saturation, self.saturation),
-            (add_brightness, self.brightness),
-            (add_contrast, self.contrast),
-        ]
-        for index in rng.permutation(len(colour)):
-            function, limit = colour[int(index)]
-            if limit > 0:
-                image = function(image, rng, limit)
-        return image
-
-
-# ------------------------------------------------------------------------------------------------ data
 
 
 class HoVerNetSamples(Dataset):
@@ -602,7 +481,7 @@ def _colourise_hv(values: np.ndarray) -> np.ndarray:
     white = np.ones((*values.shape, 3))
     red, blue = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
     rgb = np.where(v >= 0, white * (1 - v) + red * v, white * (1 + v) + blue * (-v))
-    return _to_uint8(rgb * 255.0)
+    return to_uint8(rgb * 255.0)
 
 
 _TYPE_COLOURS = np.array(
@@ -612,7 +491,7 @@ _TYPE_COLOURS = np.array(
 
 
 def _grey(values: np.ndarray) -> np.ndarray:
-    return np.repeat(_to_uint8(np.clip(values, 0.0, 1.0) * 255.0)[..., None], 3, axis=2)
+    return np.repeat(to_uint8(np.clip(values, 0.0, 1.0) * 255.0)[..., None], 3, axis=2)
 
 
 class HoVerNetTrainer(Trainer):
@@ -740,7 +619,7 @@ class HoVerNetTrainer(Trainer):
         v = self._visual
         out = v["pred_np"].shape[-1]
         image = v["image"][0].float().permute(1, 2, 0).cpu().numpy()
-        window = _to_uint8(centre_crop(image, (out, out)))
+        window = to_uint8(centre_crop(image, (out, out)))
         np_prob = torch.softmax(v["pred_np"], 1)[0, 1].cpu().numpy()
         pred_hv, true_hv = v["pred_hv"][0].cpu().numpy(), v["true_hv"][0].float().cpu().numpy()
         top = [window, _grey(np_prob), _colourise_hv(pred_hv[0]), _colourise_hv(pred_hv[1])]
@@ -918,17 +797,9 @@ __all__ = [
     "HoVerNetSamples",
     "HoVerNetTrainer",
     "InitReport",
-    "InputAugment",
-    "add_brightness",
-    "add_contrast",
-    "add_hue",
-    "add_saturation",
     "build_datasets",
     "check_resume_compatible",
-    "gaussian_blur",
-    "gaussian_noise",
     "load_init_weights",
-    "median_blur",
     "network_sizes",
     "resolve_config",
     "train_hovernet",
