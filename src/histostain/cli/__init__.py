@@ -105,26 +105,17 @@ def _render_error(error: HistostainError, current: AppState) -> None:
 
 def _register_commands() -> None:
     """Attach the command modules; each imports only typer at module level (heavy imports stay inside)."""
+    from histostain.cli.evaluate import evaluate_app
     from histostain.cli.prepare import prepare_app
     from histostain.cli.synth import synth
+    from histostain.cli.train import train_app
+    from histostain.cli.translate import translate
 
     app.command("synth")(synth)
     app.add_typer(prepare_app, name="prepare")
-    # DEVELOPMENT ONLY (replaced by plain imports before the work lands): modules still being written.
-    from importlib.util import find_spec
-
-    if find_spec("histostain.cli.train") is not None:
-        from histostain.cli.train import train_app
-
-        app.add_typer(train_app, name="train")
-    if find_spec("histostain.cli.translate") is not None:
-        from histostain.cli.translate import translate
-
-        app.command("translate")(translate)
-    if find_spec("histostain.cli.evaluate") is not None:
-        from histostain.cli.evaluate import evaluate_app
-
-        app.add_typer(evaluate_app, name="evaluate")
+    app.add_typer(train_app, name="train")
+    app.command("translate")(translate)
+    app.add_typer(evaluate_app, name="evaluate")
 
 
 _register_commands()
