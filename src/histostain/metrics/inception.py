@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,9 @@ class FIDInceptionC(InceptionC):
 
 
 class _FIDInceptionE(InceptionE):
-    """Block E with a pluggable pool for the pool branch (E_1: TF average, E_2: max)."""
+    """Block E whose pool branch pools with the subclass's ``_pool`` (E_1: TF average, E_2: max)."""
 
-    def _pool(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+    _pool: Callable[[Tensor], Tensor]
 
     def forward(self, x: Tensor) -> Tensor:
         branch1x1 = self.branch1x1(x)

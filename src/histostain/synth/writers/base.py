@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,7 +27,7 @@ class TileSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class LayoutWriter:
+class LayoutWriter(ABC):
     """Base class: ``plan()`` the tiles, ``add()`` each generated tile, ``close()`` at the end."""
 
     name = ""
@@ -41,20 +42,22 @@ class LayoutWriter:
         self.files_written = 0
         self.quirk_records: list[dict[str, Any]] = []
 
-    @staticmethod
+    @staticmethod  # noqa: B027 (an optional hook: the default accepts everything)
     def validate(n: int, size: int | None, quirks: bool, **options: Any) -> None:
         """Raise ConfigError for option combinations this layout cannot write."""
 
+    @abstractmethod
     def plan(self) -> list[TileSpec]:
-        raise NotImplementedError
+        """The tiles to generate, in order (seed, size, kind, HER2 score, ...)."""
 
+    @abstractmethod
     def add(self, spec: TileSpec, tile: SynthTile) -> None:
-        raise NotImplementedError
+        """Write one generated tile in this layout."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook)
         """Write whatever is written once at the end (lists, headers, readmes)."""
 
-    def abort(self) -> None:
+    def abort(self) -> None:  # noqa: B027 (optional hook)
         """Release open files after a failure (the staging folder is then removed)."""
 
     def write_text(self, relative: str, text: str) -> Path:
