@@ -6,6 +6,7 @@ Every command takes ground truth / real first and prediction / fake second, prin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -31,7 +32,18 @@ WeightsOpt = Annotated[
     typer.Option("--weights", help="pt_inception-2015-12-05-6726825d.pth (default: HISTOSTAIN_HOME/weights/)."),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
-WorkersOpt = Annotated[int, typer.Option("--num-workers", help="Processes decoding images in parallel.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--num-workers", help="Processes decoding images in parallel [auto: 0 on CPU, 4 on a GPU]."),
+]
+
+
+def _auto_workers(requested: int | None, device_kind: str) -> int:
+    """On a CPU the network already uses every core and decoding is ~2% of the work, so workers only compete
+    (measured: 10.0 images/s in-process vs 8.1 with 2 workers on 2 cores); on a GPU they hide decoding."""
+    if requested is not None:
+        return requested
+    return 0 if device_kind == "cpu" else min(4, os.cpu_count() or 1)
 
 
 def _format(value: object) -> str:
@@ -92,7 +104,7 @@ def fid_command(
     fake: Annotated[Path, typer.Argument(help="Folder of generated images, or a .npz with mu and sigma.")],
     weights: WeightsOpt = None,
     batch_size: BatchOpt = 32,
-    num_workers: WorkersOpt = 2,
+    num_workers: WorkersOpt = None,
     save_stats: Annotated[
         Path | None,
         typer.Option(
@@ -107,14 +119,15 @@ def fid_command(
     settings = app_state.settings().settings
     from histostain.metrics.fid import evaluate_fid
 
+    manager = app_state.device_manager()
     result = evaluate_fid(
         real,
         fake,
-        device=app_state.device_manager(),
+        device=manager,
         weights=weights,
         weights_dir=settings.weights_dir,
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=_auto_workers(num_workers, manager.plan.kind),
         save_stats=save_stats,
     )
     _finish(result, out, as_json, "FID")
@@ -127,7 +140,7 @@ def kid_command(
     fake: Annotated[Path, typer.Argument(help="Folder of generated images.")],
     weights: WeightsOpt = None,
     batch_size: BatchOpt = 32,
-    num_workers: WorkersOpt = 2,
+    num_workers: WorkersOpt = None,
     subsets: Annotated[int, typer.Option("--subsets", help="Number of random subsets.")] = 100,
     subset_size: Annotated[
         int, typer.Option("--subset-size", help="Subset size (capped at the smaller image count).")
@@ -141,14 +154,15 @@ def kid_command(
     settings = app_state.settings().settings
     from histostain.metrics.fid import evaluate_kid
 
+    manager = app_state.device_manager()
     result = evaluate_kid(
         real,
         fake,
-        device=app_state.device_manager(),
+        device=manager,
         weights=weights,
         weights_dir=settings.weights_dir,
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=_auto_workers(num_workers, manager.plan.kind),
         subsets=subsets,
         subset_size=subset_size,
         seed=seed,
