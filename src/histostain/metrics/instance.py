@@ -461,12 +461,17 @@ def read_mat_inst_map(path: Path) -> np.ndarray:
     from scipy.io import loadmat
 
     try:
-        content = loadmat(path, variable_names=["inst_map"])
-    except NotImplementedError as exc:  # MATLAB v7.3 files are HDF5
+        with Path(path).open("rb") as handle:
+            header = handle.read(128)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if header.startswith(b"MATLAB 7.3"):  # v7.3 files are HDF5 containers, which scipy cannot read
         raise InputError(
             f"cannot read {path}: MATLAB v7.3 (HDF5) files are not supported",
             hint="save it with scipy.io.savemat or MATLAB's save -v7",
-        ) from exc
+        )
+    try:
+        content = loadmat(path, variable_names=["inst_map"])
     except Exception as exc:  # scipy raises several types for damaged files
         raise InputError(f"cannot read {path}: not a readable .mat file ({type(exc).__name__}: {exc})") from exc
     if "inst_map" not in content:

@@ -36,14 +36,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from histostain.errors import ConfigError, HistostainError, WeightsError
 from histostain.io.atomic import atomic_path, atomic_write_text
 from histostain.runtime.config_toml import write_toml
 from histostain.runtime.progress import progress_task
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 if TYPE_CHECKING:
     import torch
@@ -154,6 +157,60 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file} is not valid TOML ({exc})") from exc
+
+
+def resolve_training_config(
+    model: type[ConfigT],
+    command: str,
+    *,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> ConfigT:
+    """defaults < ``base`` (a resumed run's config) < ``config_file`` < ``overrides`` (flags; None = not given).
+
+    A run's own ``config.toml`` works as ``config_file`` too (its ``[run]`` table is ignored). An invalid value
+    is a ConfigError naming the option and the layer it came from; ``command`` (e.g. ``"train cyclegan"``)
+    picks the help page in the hint.
+    """
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = [("the run's config.toml", base or {})]
+    if config_file is not None:
+        file_data = read_toml(config_file)
+        file_data.pop("run", None)
+        layers.append((str(config_file), file_data))
+    layers.append(("the command line", {k: v for k, v in (overrides or {}).items() if v is not None}))
+    for source, values in layers:
+        for key, value in values.items():
+            data[key] = value
+            sources[key] = source
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        where = f" (from {sources[key]})" if key in sources else ""
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown option"
+        label = f"{key}: " if key else ""
+        page = command.replace(" ", "-")
+        raise ConfigError(
+            f"invalid training option {label}{message}{where}",
+            hint=f"see `histostain {command} --help` and docs/commands/{page}.md",
+        ) from exc
+
+
+def check_resume_fixed(stored: Any, resolved: Any, keys: Sequence[str]) -> None:
+    """Refuse options that cannot change when resuming (they define the networks, optimiser or data order)."""
+    for key in keys:
+        old, new = getattr(stored, key), getattr(resolved, key)
+        if old != new:
+            raise ConfigError(
+                f"cannot change {key} when resuming (the run was started with {old!r}, got {new!r})",
+                hint="drop the option, or start a new run with another --name",
+            )
 
 
 # ------------------------------------------------------------------------------------------------ metrics log

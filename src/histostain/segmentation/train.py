@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import Dataset
 
 from histostain.errors import ConfigError, DatasetLayoutError, WeightsError
@@ -37,7 +37,8 @@ from histostain.runtime.training import (
     LoopConfig,
     RunDirectory,
     Trainer,
-    read_toml,
+    check_resume_fixed,
+    resolve_training_config,
     seed_everything,
     set_deterministic,
 )
@@ -191,43 +192,14 @@ def resolve_config(
     base: Mapping[str, Any] | None = None,
 ) -> HoVerNetConfig:
     """defaults < ``base`` (a resumed run's config) < ``config_file`` < ``overrides`` (flags; None = not given)."""
-    data: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    layers: list[tuple[str, Mapping[str, Any]]] = [("the run's config.toml", base or {})]
-    if config_file is not None:
-        file_data = read_toml(config_file)
-        file_data.pop("run", None)
-        layers.append((str(config_file), file_data))
-    layers.append(("the command line", {k: v for k, v in (overrides or {}).items() if v is not None}))
-    for source, values in layers:
-        for key, value in values.items():
-            data[key] = value
-            sources[key] = source
-    try:
-        return HoVerNetConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else ""
-        where = f" (from {sources[key]})" if key in sources else ""
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown option"
-        label = f"{key}: " if key else ""
-        raise ConfigError(
-            f"invalid training option {label}{message}{where}",
-            hint="see `histostain train hovernet --help` and docs/commands/train-hovernet.md",
-        ) from exc
+    return resolve_training_config(
+        HoVerNetConfig, "train hovernet", config_file=config_file, overrides=overrides, base=base
+    )
 
 
 def check_resume_compatible(stored: HoVerNetConfig, resolved: HoVerNetConfig) -> None:
     """Refuse options that cannot change when resuming (network, phase boundary, batch sizes, data order)."""
-    for key in RESUME_FIXED:
-        old, new = getattr(stored, key), getattr(resolved, key)
-        if old != new:
-            raise ConfigError(
-                f"cannot change {key} when resuming (the run was started with {old!r}, got {new!r})",
-                hint="drop the option, or start a new run with another --name",
-            )
+    check_resume_fixed(stored, resolved, RESUME_FIXED)
 
 
 # ------------------------------------------------------------------------------------------ augmentation

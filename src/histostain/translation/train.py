@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from histostain.errors import ConfigError, DatasetLayoutError
@@ -37,7 +37,8 @@ from histostain.runtime.training import (
     LoopConfig,
     RunDirectory,
     Trainer,
-    read_toml,
+    check_resume_fixed,
+    resolve_training_config,
     seed_everything,
     set_deterministic,
 )
@@ -114,13 +115,6 @@ class CycleGANConfig(BaseModel):
         return DOMAINS[self.direction]
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Options from a TOML file (a run's config.toml works too: its ``[run]`` table is ignored)."""
-    data = read_toml(path)
-    data.pop("run", None)
-    return data
-
-
 def resolve_config(
     *,
     config_file: str | Path | None = None,
@@ -128,41 +122,14 @@ def resolve_config(
     base: Mapping[str, Any] | None = None,
 ) -> CycleGANConfig:
     """defaults < ``base`` (a resumed run's config) < ``config_file`` < ``overrides`` (flags; None = not given)."""
-    data: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    layers: list[tuple[str, Mapping[str, Any]]] = [("the run's config.toml", base or {})]
-    if config_file is not None:
-        layers.append((str(config_file), load_config_file(config_file)))
-    layers.append(("the command line", {k: v for k, v in (overrides or {}).items() if v is not None}))
-    for source, values in layers:
-        for key, value in values.items():
-            data[key] = value
-            sources[key] = source
-    try:
-        return CycleGANConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else ""
-        where = f" (from {sources[key]})" if key in sources else ""
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown option"
-        label = f"{key}: " if key else ""
-        raise ConfigError(
-            f"invalid training option {label}{message}{where}",
-            hint="see `histostain train cyclegan --help` and docs/commands/train-cyclegan.md",
-        ) from exc
+    return resolve_training_config(
+        CycleGANConfig, "train cyclegan", config_file=config_file, overrides=overrides, base=base
+    )
 
 
 def check_resume_compatible(stored: CycleGANConfig, resolved: CycleGANConfig) -> None:
     """Refuse options that cannot change when resuming (they define the networks, optimiser or data order)."""
-    for key in RESUME_FIXED:
-        old, new = getattr(stored, key), getattr(resolved, key)
-        if old != new:
-            raise ConfigError(
-                f"cannot change {key} when resuming (the run was started with {old!r}, got {new!r})",
-                hint="drop the option, or start a new run with another --name",
-            )
+    check_resume_fixed(stored, resolved, RESUME_FIXED)
 
 
 def linear_decay(epochs: int, epochs_decay: int) -> Any:
@@ -557,7 +524,6 @@ __all__ = [
     "ImagePool",
     "check_resume_compatible",
     "linear_decay",
-    "load_config_file",
     "resolve_config",
     "to_uint8",
     "train_cyclegan",
