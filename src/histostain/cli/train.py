@@ -6,6 +6,7 @@ Heavy imports (torch, the trainers) happen inside the commands, so ``histostain 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -47,6 +48,20 @@ def _command_line(ctx: typer.Context) -> list[str]:
         elif value is not None:
             command += [flag, str(value)]
     return command
+
+
+def _finish(result: FitResult, config: Any, as_json: bool, render: Callable[[FitResult, Any, bool], None]) -> None:
+    """Rank 0 renders the summary; an interrupted run says how to continue."""
+    if not result.is_main:
+        return
+    render(result, config, as_json)
+    if result.status == "interrupted":
+        stderr_console().print(
+            f"[yellow]interrupted at step {result.step}:[/yellow] {result.last_checkpoint or 'nothing'} saved; "
+            f"continue with the same command plus --resume",
+            highlight=False,
+        )
+    sys.stdout.flush()
 
 
 def _render(result: FitResult, config: Any, as_json: bool) -> None:
@@ -177,16 +192,7 @@ def cyclegan(
         config_file=config,
         command=_command_line(ctx),
     )
-    if not result.is_main:
-        return
-    _render(result, resolved, as_json)
-    if result.status == "interrupted":
-        stderr_console().print(
-            f"[yellow]interrupted at step {result.step}:[/yellow] {result.last_checkpoint or 'nothing'} saved; "
-            f"continue with the same command plus --resume",
-            highlight=False,
-        )
-    sys.stdout.flush()
+    _finish(result, resolved, as_json, _render)
 
 
 def _render_hovernet(result: FitResult, config: Any, as_json: bool) -> None:
@@ -318,13 +324,4 @@ def hovernet(
         config_file=config,
         command=_command_line(ctx),
     )
-    if not result.is_main:
-        return
-    _render_hovernet(result, resolved, as_json)
-    if result.status == "interrupted":
-        stderr_console().print(
-            f"[yellow]interrupted at step {result.step}:[/yellow] {result.last_checkpoint or 'nothing'} saved; "
-            f"continue with the same command plus --resume",
-            highlight=False,
-        )
-    sys.stdout.flush()
+    _finish(result, resolved, as_json, _render_hovernet)
