@@ -66,8 +66,13 @@ def test_missing_empty_truncated_and_garbage_files(tmp_path: Path) -> None:
         load_checkpoint(truncated)
     garbage = tmp_path / "notes.pt"
     garbage.write_text("these are not weights\n")
-    with pytest.raises(WeightsError, match="notes.pt"):
+    with pytest.raises(WeightsError, match="notes.pt is not a PyTorch weights file"):
         load_checkpoint(garbage)
+    pickled_garbage = tmp_path / "odd.pt"
+    pickled_garbage.write_bytes(b"\x80\x02{garbage")  # looks like a pickle, is not one: not called "code"
+    with pytest.raises(WeightsError) as info:
+        load_checkpoint(pickled_garbage)
+    assert "not a readable checkpoint" in info.value.message
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "raw pickle"])

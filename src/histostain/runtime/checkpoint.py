@@ -57,6 +57,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
         raise WeightsError(f"weights file not found: {file}", hint="check the path or run `histostain doctor`")
     if file.stat().st_size == 0:
         raise WeightsError(f"{file} is empty (0 bytes)", hint="the download or copy was interrupted; fetch it again")
+    with file.open("rb") as handle:
+        head = handle.read(8)
+    # torch.save writes a zip (PK..); older torch and plain pickles start with the PROTO opcode 0x80
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise WeightsError(
+            f"{file} is not a PyTorch weights file (it starts with {head[:8]!r})",
+            hint="pass the .pth/.pt/.tar checkpoint itself, not a text, JSON or image file",
+        )
     try:
         with warnings.catch_warnings():
             # torch warns about non-default pickle protocols before refusing or loading; the outcome is what counts
@@ -64,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
             return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else "unpickling failed"
-        if "weights only load failed" in str(exc).lower() or "unsupported global" in str(exc).lower():
+        if "global" in str(exc).lower():  # the weights-only unpickler met a class or function reference
             raise WeightsError(
                 f"refused to load {file}: it contains pickled code or objects that are not plain weights",
                 hint="only load checkpoints you trust; re-save them as a plain state dict",
