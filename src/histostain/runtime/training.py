@@ -213,6 +213,52 @@ def check_resume_fixed(stored: Any, resolved: Any, keys: Sequence[str]) -> None:
             )
 
 
+def open_run(
+    runs_dir: str | Path,
+    name: str,
+    resume: bool,
+    config: ConfigT | None,
+    resolve: Callable[[Mapping[str, Any] | None], ConfigT],
+    check_resume: Callable[[Mapping[str, Any], ConfigT], None],
+) -> tuple[RunDirectory, ConfigT]:
+    """Check the run folder, resolve the config (on resume over the stored one) and refuse fixed-option changes."""
+    run = RunDirectory(runs_dir, name)
+    run.check(resume)
+    stored = run.read_config() if resume else None
+    if config is None:
+        config = resolve(stored)
+    if stored is not None:
+        check_resume(stored, config)
+    return run, config
+
+
+def record_run(
+    run: RunDirectory,
+    dist: Any,
+    config: BaseModel,
+    command: Sequence[str] | None,
+    prepared: Path,
+    config_file: str | Path | None,
+    **info: Any,
+) -> None:
+    """Rank 0 creates the run folder and writes config.toml with the provenance every run records."""
+    if not dist.is_main:
+        return
+    run.create()
+    run.write_config(
+        config.model_dump(),
+        command,
+        info={
+            "prepared": str(Path(prepared).resolve()),
+            "config_file": str(config_file) if config_file else "",
+            "world_size": dist.world_size,
+            "device": str(dist.manager.device),
+            "precision": dist.manager.precision,
+            **info,
+        },
+    )
+
+
 # ------------------------------------------------------------------------------------------------ metrics log
 
 

@@ -38,6 +38,8 @@ from histostain.runtime.training import (
     RunDirectory,
     Trainer,
     check_resume_fixed,
+    open_run,
+    record_run,
     resolve_training_config,
     seed_everything,
     set_deterministic,
@@ -715,13 +717,14 @@ def train_hovernet(
     Returns the resolved config and what the loop did.
     """
     prepared = Path(prepared)
-    run = RunDirectory(runs_dir, name)
-    run.check(resume)
-    stored = run.read_config() if resume else None
-    if config is None:
-        config = resolve_config(config_file=config_file, overrides=overrides, base=stored)
-    if stored is not None:
-        check_resume_compatible(HoVerNetConfig.model_validate(stored), config)
+    run, config = open_run(
+        runs_dir,
+        name,
+        resume,
+        config,
+        lambda stored: resolve_config(config_file=config_file, overrides=overrides, base=stored),
+        lambda stored, resolved: check_resume_compatible(HoVerNetConfig.model_validate(stored), resolved),
+    )
     train, val = build_datasets(prepared, config)
     dist = init_distributed(manager)
     try:
@@ -729,22 +732,8 @@ def train_hovernet(
         # built before any file is written, so a bad init file leaves no run folder behind
         trainer = HoVerNetTrainer(config, run, dist.manager, dist, val_dataset=val, initialise=not resume)
         init = run.read_run_info().get("init", "") if resume else trainer.init_report.describe()
-        if dist.is_main:
-            run.create()
-            run.write_config(
-                config.model_dump(),
-                command,
-                info={
-                    "prepared": str(prepared.resolve()),
-                    "config_file": str(config_file) if config_file else "",
-                    "world_size": dist.world_size,
-                    "device": str(dist.manager.device),
-                    "precision": dist.manager.precision,
-                    "input_size": train.input_size,
-                    "output_size": train.output_size,
-                    "init": init,
-                },
-            )
+        sizes = {"input_size": train.input_size, "output_size": train.output_size}
+        record_run(run, dist, config, command, prepared, config_file, **sizes, init=init)
         dist.barrier()
         log.info(
             "training HoVer-Net %s (%s) on %d patches: %d + %d epochs -> %s",

@@ -38,6 +38,8 @@ from histostain.runtime.training import (
     RunDirectory,
     Trainer,
     check_resume_fixed,
+    open_run,
+    record_run,
     resolve_training_config,
     seed_everything,
     set_deterministic,
@@ -469,13 +471,14 @@ def train_cyclegan(
     Returns the resolved config and what the loop did.
     """
     prepared = Path(prepared)
-    run = RunDirectory(runs_dir, name)
-    run.check(resume)
-    stored = run.read_config() if resume else None
-    if config is None:
-        config = resolve_config(config_file=config_file, overrides=overrides, base=stored)
-    if stored is not None:
-        check_resume_compatible(CycleGANConfig.model_validate(stored), config)
+    run, config = open_run(
+        runs_dir,
+        name,
+        resume,
+        config,
+        lambda stored: resolve_config(config_file=config_file, overrides=overrides, base=stored),
+        lambda stored, resolved: check_resume_compatible(CycleGANConfig.model_validate(stored), resolved),
+    )
     if config.val_fid:
         from histostain.metrics.inception import resolve_weights
 
@@ -485,20 +488,8 @@ def train_cyclegan(
     dist = init_distributed(manager)
     try:
         dist.barrier()  # every rank has checked the run folder before rank 0 creates it
-        if dist.is_main:
-            run.create()
-            run.write_config(
-                config.model_dump(),
-                command,
-                info={
-                    "prepared": str(prepared.resolve()),
-                    "config_file": str(config_file) if config_file else "",
-                    "world_size": dist.world_size,
-                    "device": str(dist.manager.device),
-                    "precision": dist.manager.precision,
-                    "domains": {"A": config.domains[0], "B": config.domains[1]},
-                },
-            )
+        domains = {"A": config.domains[0], "B": config.domains[1]}
+        record_run(run, dist, config, command, prepared, config_file, domains=domains)
         dist.barrier()
         trainer = CycleGANTrainer(config, run, dist.manager, dist, val_dataset=val)
         log.info(
