@@ -119,10 +119,12 @@ def main() -> None:
         write_dataset("tiles", root / "tiles", args.n, args.size, seed=0)
         paths = list_images(root / "tiles" / "he")
         _random_weights(root / "w.pth")
-        model = load_fid_inception(root / "w.pth")
+        model = load_fid_inception(root / "w.pth")[0]
         gflop = _gflop_per_image(model)
         print(f"FLOPs per 299x299 image: {gflop:.2f} GFLOP (FlopCounterMode)")
-        reference64 = _eager(paths[:2], load_fid_inception(root / "w.pth").double(), 2, channels_last=False, dtype=64)
+        reference64 = _eager(
+            paths[:2], load_fid_inception(root / "w.pth")[0].double(), 2, channels_last=False, dtype=64
+        )
         manager = DeviceManager.create("cpu", "fp32")
 
         paths_by_name = {
@@ -135,7 +137,7 @@ def main() -> None:
         results: dict[str, np.ndarray] = {}
         for _ in range(args.repeats):
             for name, run in paths_by_name.items():
-                model = load_fid_inception(root / "w.pth")
+                model = load_fid_inception(root / "w.pth")[0]
                 start = time.perf_counter()
                 results[name] = run(model)
                 seconds = time.perf_counter() - start

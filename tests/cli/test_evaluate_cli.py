@@ -103,11 +103,9 @@ def test_fid_without_weights_says_where_to_get_them(
 
 
 def test_fid_and_kid_with_weights_from_home(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, install_fid_weights
 ) -> None:
-    from tests.metrics.test_inception import random_fid_weights
-
-    random_fid_weights(tmp_path / "home" / "weights")
+    install_fid_weights(tmp_path / "home" / "weights")
     monkeypatch.setenv("HISTOSTAIN_HOME", str(tmp_path / "home"))
     rng = np.random.default_rng(1)
     for i in range(3):

@@ -143,11 +143,9 @@ def test_val_fid_needs_weights_before_training(
 
 
 def test_val_fid_is_logged_with_psnr_and_ssim(
-    tmp_path: Path, prepared: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, prepared: Path, capsys: pytest.CaptureFixture[str], fid_weights: Path
 ) -> None:
-    from tests.metrics.test_inception import random_fid_weights
-
-    weights = random_fid_weights(tmp_path / "weights")
+    weights = fid_weights
     runs = tmp_path / "runs"
     args = ["train", "cyclegan", str(prepared), "--name", "fid", "--runs-dir", str(runs), *TINY]
     extra = ["--epochs", "1", "--epochs-decay", "0", "--val-every", "1", "--val-fid", "--fid-weights", str(weights)]

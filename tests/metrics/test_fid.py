@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +26,6 @@ from histostain.metrics.fid import (
 )
 from histostain.metrics.inception import FID_WEIGHTS_URL
 from histostain.runtime.device import DeviceManager
-from tests.metrics.test_inception import random_fid_weights
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, loaded 2-core machine OpenMP barriers make 2 threads many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def fid_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return random_fid_weights(tmp_path_factory.getbasetemp() / "fid_weights")
 
 
 @pytest.fixture(scope="module")

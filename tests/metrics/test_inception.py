@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,49 +23,12 @@ from histostain.metrics.inception import (
 )
 from histostain.runtime.checkpoint import make_checkpoint
 
-_CACHE: dict[str, Path] = {}
-
-
-def random_fid_weights(directory: Path) -> Path:
-    """Save (once per session) a random FID-Inception state dict under torchvision names.
-
-    BatchNorm running statistics are set from one training-mode batch (cumulative average), so activations
-    keep a sane scale through the 94 layers instead of vanishing, and the features are not all zero.
-    """
-    if "path" not in _CACHE:
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        model = FIDInceptionV3()
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = None
-                module.reset_running_stats()
-        model.train()
-        with torch.no_grad():
-            model(torch.rand(2, 3, 96, 96))
-        path = directory / FID_WEIGHTS_FILENAME
-        torch.save(model.state_dict(), path)
-        _CACHE["path"] = path
-    return _CACHE["path"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, loaded 2-core machine OpenMP barriers make 2 threads many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def fid_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return random_fid_weights(tmp_path_factory.getbasetemp() / "fid_weights")
-
 
 @pytest.fixture(scope="module")
 def fid_model(fid_weights: Path) -> FIDInceptionV3:
-    return load_fid_inception(fid_weights)
+    model, loaded = load_fid_inception(fid_weights)
+    assert loaded.format == "pytorch-fid" and loaded.path == fid_weights and len(loaded.sha256) == 64
+    return model
 
 
 # ------------------------------------------------------------------------------------------- structure
@@ -217,7 +179,7 @@ def test_wrong_files_raise_weights_error_naming_what_was_found(fid_weights: Path
         load_fid_inception(tmp_path / "text.pth")
 
 
-def test_missing_weights_message_has_url_and_destination(tmp_path: Path) -> None:
+def test_missing_weights_message_has_url_and_destination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     weights_dir = tmp_path / "home" / "weights"
     with pytest.raises(WeightsError) as info:
         resolve_weights(None, weights_dir)
@@ -231,7 +193,8 @@ def test_missing_weights_message_has_url_and_destination(tmp_path: Path) -> None
 
     with pytest.raises(WeightsError, match="elsewhere.pth"):
         resolve_weights(tmp_path / "elsewhere.pth", weights_dir)  # an explicit file never falls back
-    with pytest.raises(WeightsError, match="no FID-Inception weights given"):
+    monkeypatch.setenv("HISTOSTAIN_HOME", str(tmp_path / "settings-home"))
+    with pytest.raises(WeightsError, match="settings-home"):  # no folder given: the settings' weights folder
         resolve_weights(None, None)
 
 

@@ -6,6 +6,7 @@ randomly initialised, scaled-down network with random BN statistics, so the comp
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from histostain.errors import WeightsError
-from histostain.segmentation import load_hovernet
+from histostain.segmentation import describe_hovernet, load_hovernet
 from histostain.segmentation.compat import infer_config, save_hovernet
 from histostain.segmentation.hovernet import HoVerNet
 from tests.segmentation import single_thread
@@ -75,8 +76,10 @@ def test_every_published_container_loads_to_the_same_function(tmp_path, referenc
     path = tmp_path / name
     torch.save(build(model), path)
     loaded, info = load_hovernet(path)
-    assert (info.format, info.mode, info.num_types, info.path) == (fmt, "fast", 6, path)
+    assert (info.format, info.config["mode"], info.config["num_types"], info.path) == (fmt, "fast", 6, path)
     assert info.config == {**model.config()}
+    assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info.mpp == 0.25 and info.class_names is not None and info.class_names[1] == "Neoplastic"
     assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
     got = outputs(loaded, 128)
     assert list(got) == ["tp", "np", "hv"]
@@ -88,7 +91,7 @@ def test_histostain_checkpoint_round_trip(tmp_path, reference):
     model, expected = reference
     path = save_hovernet(model, tmp_path / "run" / "best.pt", epoch=4)
     loaded, info = load_hovernet(path, mode="fast", num_types=6)
-    assert info.format == "histostain" and info.describe() == "fast mode with 6 types"
+    assert info.format == "histostain" and describe_hovernet(info.config) == "fast mode with 6 types"
     for key in expected:
         assert torch.equal(outputs(loaded, 128)[key], expected[key])
 
@@ -105,8 +108,9 @@ def test_original_mode_and_untyped_are_inferred(tmp_path):
     model = random_network("original", None)
     torch.save({"desc": model.state_dict()}, tmp_path / "original_notype.tar")
     loaded, info = load_hovernet(tmp_path / "original_notype.tar", num_types=0)
-    assert (info.mode, info.num_types) == ("original", None)
-    assert info.describe() == "original mode without a type branch"
+    assert (info.config["mode"], info.config["num_types"]) == ("original", None)
+    assert describe_hovernet(info.config) == "original mode without a type branch"
+    assert info.class_names is None  # no type branch: nothing to name
     assert torch.equal(outputs(loaded, 198)["np"], outputs(model, 198)["np"])
 
 
@@ -149,7 +153,7 @@ def test_mismatch_says_what_the_file_contains(fast6_file, mode, num_types, asked
 
 def test_matching_request_is_accepted(fast6_file):
     _, info = load_hovernet(fast6_file, mode="fast", num_types=6)
-    assert info.num_types == 6
+    assert info.config["num_types"] == 6
 
 
 def test_unknown_mode_is_rejected(fast6_file):

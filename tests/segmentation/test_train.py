@@ -523,7 +523,12 @@ def test_train_hovernet_writes_an_inference_ready_checkpoint(tmp_path: Path, pre
     assert result.status == "completed" and result.best_checkpoint is not None
     assert {"np_dice", "np_acc", "hv_mse", "dice", "tp_acc"} <= set(result.validation)
     model, info = load_hovernet(result.last_checkpoint)
-    assert (info.format, info.mode, info.num_types, model.decoder_units) == ("histostain", "fast", 6, (1, 1))
+    assert (info.format, info.config["mode"], info.config["num_types"], model.decoder_units) == (
+        "histostain",
+        "fast",
+        6,
+        (1, 1),
+    )
     payload = load_histostain_checkpoint(result.last_checkpoint, arch="hovernet")
     assert payload["phase"] == 1 and payload["model_config"]["encoder_width"] == 0.125
     assert payload["init"]["kind"] == "scratch"

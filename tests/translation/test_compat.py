@@ -7,6 +7,7 @@ names and the outputs of the loaded histostain generator must equal theirs.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 from pathlib import Path
 
@@ -145,17 +146,18 @@ def test_reference_layout_loads_strictly_into_our_class_and_matches_outputs(tmp_
     ours.load_state_dict(ref.state_dict(), strict=True)  # same names, no renaming
     _same(ref, ours, _x())
     torch.save(ref.state_dict(), tmp_path / "latest_net_G_A.pth")
-    loaded = load_generator(tmp_path / "latest_net_G_A.pth", direction="ihc2he")
+    loaded_model, loaded = load_generator(tmp_path / "latest_net_G_A.pth", direction="ihc2he")
     assert loaded.format == "reference" and loaded.direction == "ihc2he"
+    assert loaded.sha256 == hashlib.sha256((tmp_path / "latest_net_G_A.pth").read_bytes()).hexdigest()
     assert loaded.config["ngf"] == NGF and loaded.config["n_blocks"] == NB and loaded.config["norm"] == "instance"
-    _same(ref, loaded.model, _x())
+    _same(ref, loaded_model, _x())
 
 
 def test_full_size_reference_state_dict_is_detected(tmp_path: Path) -> None:
     ref = reference_generator(ngf=64, n_blocks=9)
     torch.save(ref.state_dict(), tmp_path / "latest_net_G.pth")
-    loaded = load_generator(tmp_path / "latest_net_G.pth")
-    assert sum(p.numel() for p in loaded.model.parameters()) == 11_378_179
+    loaded_model, loaded = load_generator(tmp_path / "latest_net_G.pth")
+    assert sum(p.numel() for p in loaded_model.parameters()) == 11_378_179
     assert loaded.config["n_blocks"] == 9 and loaded.config["ngf"] == 64
 
 
@@ -169,9 +171,9 @@ def test_module_prefix_and_stale_instance_norm_stats_are_tolerated(tmp_path: Pat
         state[f"module.model.{index}.num_batches_tracked"] = torch.tensor(7)
     state["module.model.10.conv_block.2.running_mean"] = torch.zeros(4 * NGF)
     torch.save(state, tmp_path / "old.pth")
-    loaded = load_generator(tmp_path / "old.pth")
+    loaded_model, loaded = load_generator(tmp_path / "old.pth")
     assert any("stale" in note for note in loaded.notes)
-    _same(ref, loaded.model, _x())
+    _same(ref, loaded_model, _x())
 
 
 def test_stale_stats_at_a_conv_position_are_not_silently_dropped(tmp_path: Path) -> None:
@@ -186,10 +188,10 @@ def test_dropout_variant_is_detected_from_conv_block_6(tmp_path: Path) -> None:
     ref = _randomise(reference_generator(dropout=True))
     assert "model.10.conv_block.6.weight" in ref.state_dict()
     torch.save(ref.state_dict(), tmp_path / "drop.pth")
-    loaded = load_generator(tmp_path / "drop.pth")
+    loaded_model, loaded = load_generator(tmp_path / "drop.pth")
     assert loaded.config["use_dropout"] is True
-    assert not loaded.model.training  # eval: dropout off, so outputs are deterministic
-    _same(ref, loaded.model, _x())
+    assert not loaded_model.training  # eval: dropout off, so outputs are deterministic
+    _same(ref, loaded_model, _x())
 
 
 def test_batch_norm_reference_is_detected(tmp_path: Path) -> None:
@@ -200,9 +202,9 @@ def test_batch_norm_reference_is_detected(tmp_path: Path) -> None:
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 2.0)
     torch.save(ref.state_dict(), tmp_path / "bn.pth")
-    loaded = load_generator(tmp_path / "bn.pth")
+    loaded_model, loaded = load_generator(tmp_path / "bn.pth")
     assert loaded.config["norm"] == "batch"
-    _same(ref, loaded.model, _x())
+    _same(ref, loaded_model, _x())
 
 
 # ------------------------------------------------------------------------------------------------------ seed
@@ -220,15 +222,15 @@ def test_seed_checkpoint_maps_keys_and_builds_the_seed_variant(tmp_path: Path) -
         "loss": 1.43,
     }
     torch.save(payload, tmp_path / "generator_HE.tar")
-    loaded = load_generator(tmp_path / "generator_HE.tar")
+    loaded_model, loaded = load_generator(tmp_path / "generator_HE.tar")
     assert loaded.format == "seed"
     assert loaded.direction == "ihc2he"  # generator_HE makes H&E
     assert loaded.config["stem_norm"] is False and loaded.config["down_padding"] == "reflect"
     x = _x(36, 28)
-    _same(seed, loaded.model, x)
+    _same(seed, loaded_model, x)
     # the same tensors in the reference layout compute something else: the variant matters, not only the names
     plain = ResnetGenerator(ngf=NGF, n_blocks=NB).eval()
-    plain.load_state_dict(loaded.model.state_dict(), strict=True)
+    plain.load_state_dict(loaded_model.state_dict(), strict=True)
     with torch.inference_mode():
         assert float((plain(x) - seed(x)).abs().max()) > 1e-2
 
@@ -237,7 +239,7 @@ def test_full_size_seed_generator_count(tmp_path: Path) -> None:
     seed = SeedGenerator(64, 9)
     assert sum(p.numel() for p in seed.parameters()) == 11_378_179  # published seed count
     torch.save({"state_dict": seed.state_dict(), "epoch": 1}, tmp_path / "generator_IHC.tar")
-    loaded = load_generator(tmp_path / "generator_IHC.tar")
+    loaded_model, loaded = load_generator(tmp_path / "generator_IHC.tar")
     assert loaded.direction == "he2ihc" and loaded.config["n_blocks"] == 9
 
 
@@ -247,10 +249,10 @@ def test_full_size_seed_generator_count(tmp_path: Path) -> None:
 def test_exported_generator_round_trip_and_direction_check(tmp_path: Path) -> None:
     g = _randomise(ResnetGenerator(ngf=NGF, n_blocks=NB, norm="batch", stem_norm=False))
     save_generator(tmp_path / "g.pt", g, direction="he2ihc")
-    loaded = load_generator(tmp_path / "g.pt")
+    loaded_model, loaded = load_generator(tmp_path / "g.pt")
     assert loaded.format == "histostain" and loaded.direction == "he2ihc"
     assert loaded.config == generator_config(g)
-    _same(g, loaded.model, _x())
+    _same(g, loaded_model, _x())
     with pytest.raises(WeightsError, match="he2ihc generator but --direction ihc2he"):
         load_generator(tmp_path / "g.pt", direction="ihc2he")
 
@@ -265,14 +267,14 @@ def test_training_checkpoint_direction_picks_the_generator(tmp_path: Path) -> No
     g_b = _randomise(ResnetGenerator(ngf=NGF, n_blocks=NB), seed=2)
     config = {"direction": "ihc2he", "generator": generator_config(g_a), "lr": 2e-4}
     _training_checkpoint(tmp_path / "last.pt", config, g_a, g_b)
-    a = load_generator(tmp_path / "last.pt", direction="ihc2he")
-    b = load_generator(tmp_path / "last.pt", direction="he2ihc")
+    a_model, a = load_generator(tmp_path / "last.pt", direction="ihc2he")
+    b_model, b = load_generator(tmp_path / "last.pt", direction="he2ihc")
     assert (a.entry, b.entry) == ("G_A", "G_B")
-    _same(g_a, a.model, _x())
-    _same(g_b, b.model, _x())
+    _same(g_a, a_model, _x())
+    _same(g_b, b_model, _x())
     # domains swapped in the config: A = H&E, so ihc2he is G_B
     _training_checkpoint(tmp_path / "swapped.pt", {"data": {"direction": "he2ihc"}}, g_a, g_b)
-    assert load_generator(tmp_path / "swapped.pt", direction="ihc2he").entry == "G_B"
+    assert load_generator(tmp_path / "swapped.pt", direction="ihc2he")[1].entry == "G_B"
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -355,10 +357,10 @@ def test_train_cyclegan_checkpoint_layout(tmp_path: Path) -> None:
         step=2,
     )
     save_checkpoint(tmp_path / "last.pt", payload)
-    forward = load_generator(tmp_path / "last.pt", direction="he2ihc")
-    backward = load_generator(tmp_path / "last.pt", direction="ihc2he")
+    forward_model, forward = load_generator(tmp_path / "last.pt", direction="he2ihc")
+    backward_model, backward = load_generator(tmp_path / "last.pt", direction="ihc2he")
     assert (forward.entry, backward.entry) == ("G_A", "G_B")
     assert backward.config["norm"] == "batch"  # G_B's own config, not G_A's
-    _same(g_a, forward.model, _x())
-    _same(g_b, backward.model, _x())
-    assert load_generator(tmp_path / "last.pt").entry == "G_A"  # default: the direction the run was trained for
+    _same(g_a, forward_model, _x())
+    _same(g_b, backward_model, _x())
+    assert load_generator(tmp_path / "last.pt")[1].entry == "G_A"  # default: the direction the run was trained for

@@ -123,6 +123,9 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: known errors print one red line and exit 2; bugs keep their traceback."""
+    from histostain.provenance import set_invocation
+
+    set_invocation(["histostain", *(sys.argv[1:] if argv is None else argv)])
     try:
         app(args=argv, prog_name="histostain")
     except HistostainError as error:

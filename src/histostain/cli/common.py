@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from histostain.provenance import Provenance
     from histostain.runtime.device import DeviceManager
     from histostain.settings import ResolvedSettings
 
@@ -62,6 +63,27 @@ def state(ctx: typer.Context | None = None) -> AppState:
     if ctx is not None and isinstance(ctx.obj, AppState):
         return ctx.obj
     return STATE
+
+
+# Parameters that only change how a result is shown, never what is made: not part of the provenance options.
+_PRESENTATION_PARAMS = frozenset({"as_json"})
+
+
+def provenance(ctx: typer.Context, **extra: Any) -> Provenance:
+    """The run record of this invocation: the command as typed, version, UTC time and the resolved options
+    (every parameter of the command, defaults included, plus the global settings in force)."""
+    from histostain.provenance import Provenance
+
+    settings = state(ctx).settings().settings
+    options: dict[str, Any] = {k: v for k, v in ctx.params.items() if k not in _PRESENTATION_PARAMS}
+    options["settings"] = {
+        "device": settings.device,
+        "precision": settings.precision,
+        "num_threads": settings.num_threads,
+        "home": settings.home,
+    }
+    options.update(extra)
+    return Provenance.capture(options)
 
 
 def stderr_console() -> Console:

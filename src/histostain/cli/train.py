@@ -148,14 +148,9 @@ def cyclegan(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a CycleGAN (reference defaults) on prepared BCI; resumable; multi-GPU under torchrun."""
-    settings = state(ctx).settings().settings
+    state(ctx).settings()
     manager = state(ctx).device_manager()
     from histostain.translation.train import train_cyclegan
-
-    if val_fid and fid_weights is None:
-        from histostain.metrics.inception import FID_WEIGHTS_FILENAME
-
-        fid_weights = settings.weights_dir / FID_WEIGHTS_FILENAME
 
     given = {
         "epochs": epochs,

@@ -39,7 +39,6 @@ from histostain.metrics.inception import (
     FID_WEIGHTS_FILENAME,
     load_fid_inception,
     resolve_weights,
-    sha256_file,
 )
 from histostain.metrics.report import EvaluationResult
 from histostain.runtime.device import DeviceManager
@@ -402,11 +401,11 @@ class _Extractor:
     def features(self, side: _Side) -> np.ndarray:
         if self.model is None:
             self.resolve()
-            assert self.path is not None
-            self.sha256 = sha256_file(self.path)
+            model, loaded = load_fid_inception(self.path)
+            self.sha256 = loaded.sha256
             if self.device.precision != "fp32":
                 log.info("FID/KID features are computed in fp32; --precision %s is not used", self.device.precision)
-            self.model = self.device.prepare_model(load_fid_inception(self.path))
+            self.model = self.device.prepare_model(model)
         assert side.images is not None
         start = time.perf_counter()
         features = extract_features(

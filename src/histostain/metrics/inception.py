@@ -15,7 +15,6 @@ strictly. The forward pass returns the 2048-d "pool3" features; ``fc`` is loaded
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,7 +35,7 @@ from torchvision.models.inception import (
 )
 
 from histostain.errors import WeightsError
-from histostain.runtime.checkpoint import load_checkpoint
+from histostain.runtime.checkpoint import LoadedWeights, load_checkpoint, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -163,28 +162,19 @@ def weights_missing_error(path: Path) -> WeightsError:
 
 
 def resolve_weights(weights: Path | None = None, weights_dir: Path | None = None) -> Path:
-    """``weights`` if given, else ``weights_dir / FID_WEIGHTS_FILENAME``; never any other network's weights."""
+    """``weights`` if given, else ``weights_dir / FID_WEIGHTS_FILENAME`` (default: the settings' weights folder,
+    ``HISTOSTAIN_HOME/weights``); never any other network's weights. Missing weights are a one-line error."""
     if weights is not None:
         path = Path(weights).expanduser()
-    elif weights_dir is not None:
-        path = Path(weights_dir).expanduser() / FID_WEIGHTS_FILENAME
     else:
-        raise WeightsError(
-            "no FID-Inception weights given",
-            hint=f"pass --weights FILE or put {FID_WEIGHTS_FILENAME} (from {FID_WEIGHTS_URL}) in the weights folder",
-        )
+        if weights_dir is None:
+            from histostain.settings import load_settings
+
+            weights_dir = load_settings().settings.weights_dir
+        path = Path(weights_dir).expanduser() / FID_WEIGHTS_FILENAME
     if not path.is_file():
         raise weights_missing_error(path)
     return path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (recorded with every FID so the weights are traceable)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe_mismatch(path: Path, state: Mapping[str, Any], expected: Mapping[str, Tensor]) -> str:
@@ -216,15 +206,15 @@ def _describe_mismatch(path: Path, state: Mapping[str, Any], expected: Mapping[s
     return f"{path} does not match the FID-Inception network"
 
 
-def load_fid_inception(path: Path) -> FIDInceptionV3:
-    """Build the network and load the published weights strictly (eval mode, no gradients).
+def load_fid_inception(
+    weights: Path | None = None, weights_dir: Path | None = None
+) -> tuple[FIDInceptionV3, LoadedWeights]:
+    """Find the weights (:func:`resolve_weights`), build the network and load them strictly (eval, no gradients).
 
     Anything that is not exactly the 566 torchvision-named tensors of the published file raises a one-line
-    :class:`WeightsError` saying what was found instead.
+    :class:`WeightsError` saying what was found instead. Returns the network and what was loaded.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise weights_missing_error(path)
+    path = resolve_weights(weights, weights_dir)
     state = load_checkpoint(path)
     with torch.device("meta"):  # no point initialising 24M parameters that are overwritten at once
         model = FIDInceptionV3()
@@ -243,7 +233,14 @@ def load_fid_inception(path: Path) -> FIDInceptionV3:
     model.eval()
     model.requires_grad_(False)
     log.debug("loaded FID-Inception weights from %s", path)
-    return model
+    record = LoadedWeights(
+        path=path,
+        format="pytorch-fid",
+        arch="fid_inception_v3",
+        config={"input_size": FID_INPUT_SIZE, "feature_dim": FID_FEATURE_DIM},
+        sha256=sha256_file(path),
+    )
+    return model, record
 
 
 __all__ = [
@@ -259,6 +256,5 @@ __all__ = [
     "FIDInceptionV3",
     "load_fid_inception",
     "resolve_weights",
-    "sha256_file",
     "weights_missing_error",
 ]

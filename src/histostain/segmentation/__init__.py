@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from histostain.segmentation.compat import HoVerNetInfo, load_hovernet
+    from histostain.segmentation.compat import describe_hovernet, load_hovernet
     from histostain.segmentation.hovernet import HoVerNet
 
 _LAZY = {
     "HoVerNet": "histostain.segmentation.hovernet",
-    "HoVerNetInfo": "histostain.segmentation.compat",
+    "describe_hovernet": "histostain.segmentation.compat",
     "load_hovernet": "histostain.segmentation.compat",
 }
 
@@ -26,4 +26,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["HoVerNet", "HoVerNetInfo", "load_hovernet"]
+__all__ = ["HoVerNet", "describe_hovernet", "load_hovernet"]

@@ -17,12 +17,20 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from histostain.errors import WeightsError
-from histostain.runtime.checkpoint import FORMAT_NAME, FORMAT_VERSION, load_checkpoint
+from histostain.runtime.checkpoint import (
+    LoadedWeights,
+    check_histostain_header,
+    clean_state_dict,
+    is_histostain_checkpoint,
+    load_checkpoint,
+    sha256_file,
+)
+from histostain.segmentation.geometry import geometry_for
+from histostain.vocabulary import PANNUKE_TYPE_NAMES
 
 if TYPE_CHECKING:
     import torch
@@ -33,26 +41,15 @@ log = logging.getLogger(__name__)
 
 ARCH = "hovernet"
 FORMATS = ("official", "tiatoolbox", "histostain")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 _STEM_KEY = "conv0./.weight"
 _MODE_KEY = "decoder.np.u3.conva.weight"
 _TYPES_KEY = "decoder.tp.u0.conv.weight"
 _KSIZE_TO_MODE = {3: "fast", 5: "original"}
 
 
-@dataclass(frozen=True)
-class HoVerNetInfo:
-    """What :func:`load_hovernet` loaded: container format, mode, number of types (None: no type branch)."""
-
-    format: str
-    mode: str
-    num_types: int | None
-    path: Path
-    config: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def describe(self) -> str:
-        """E.g. ``fast mode with 6 types``."""
-        return _describe(self.mode, self.num_types)
+def describe_hovernet(config: Mapping[str, Any]) -> str:
+    """E.g. ``fast mode with 6 types`` for a HoVer-Net config (``LoadedWeights.config``)."""
+    return _describe(config.get("mode"), config.get("num_types"))
 
 
 def _describe(mode: str | None, num_types: int | None) -> str:
@@ -68,19 +65,6 @@ def _key_sample(keys: list[str], count: int = 3) -> str:
     return shown + (", ..." if len(keys) > count else "")
 
 
-def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
-    """Drop a prefix shared by every key (``module.`` from DataParallel, ``_orig_mod.`` from torch.compile)."""
-    changed = True
-    while changed and state:
-        changed = False
-        for prefix in _STRIP_PREFIXES:
-            if all(key.startswith(prefix) for key in state):
-                state = {key[len(prefix) :]: value for key, value in state.items()}
-                log.info("stripped the %r prefix from every key", prefix)
-                changed = True
-    return state
-
-
 def _as_state_dict(candidate: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
     import torch
 
@@ -89,7 +73,26 @@ def _as_state_dict(candidate: Any, path: Path, where: str) -> dict[str, torch.Te
     bad = [str(key) for key, value in candidate.items() if not isinstance(key, str) or not torch.is_tensor(value)]
     if bad:
         raise WeightsError(f"{path}: {where} is not a state dict of tensors (entries {_key_sample(bad)})")
-    return _strip_prefixes(dict(candidate))
+    state, stripped = clean_state_dict(candidate)
+    for prefix in stripped:
+        log.info("stripped the %r prefix from every key", prefix)
+    return state
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], str, Mapping[str, Any]]:
+    """(state dict, format, the whole payload) of a HoVer-Net weights file."""
+    payload = load_checkpoint(path)
+    if not isinstance(payload, Mapping):
+        raise WeightsError(f"{path} holds a {type(payload).__name__}, not HoVer-Net weights")
+    if is_histostain_checkpoint(payload):
+        check_histostain_header(payload, path, ARCH)
+        fmt, state = "histostain", _as_state_dict(payload.get("state_dict"), path, "its 'state_dict'")
+    elif "desc" in payload:
+        fmt, state = "official", _as_state_dict(payload["desc"], path, "its 'desc' entry")
+    else:
+        fmt, state = "tiatoolbox", _as_state_dict(payload, path, "the file")
+    _check_architecture(state, path)
+    return state, fmt, payload
 
 
 def read_hovernet_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
@@ -97,24 +100,7 @@ def read_hovernet_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, to
 
     Raises WeightsError for unreadable files, other containers, other architectures and encoder-only files.
     """
-    file = Path(path)
-    payload = load_checkpoint(file)
-    if not isinstance(payload, Mapping):
-        raise WeightsError(f"{file} holds a {type(payload).__name__}, not HoVer-Net weights")
-    if payload.get("format") == FORMAT_NAME:
-        if int(payload.get("version", 0)) > FORMAT_VERSION:
-            raise WeightsError(
-                f"{file} was written by a newer histostain (checkpoint version {payload.get('version')})",
-                hint="upgrade histostain",
-            )
-        if payload.get("arch") != ARCH:
-            raise WeightsError(f"{file} holds a {payload.get('arch')!r} model, not HoVer-Net")
-        fmt, state = "histostain", _as_state_dict(payload.get("state_dict"), file, "its 'state_dict'")
-    elif "desc" in payload:
-        fmt, state = "official", _as_state_dict(payload["desc"], file, "its 'desc' entry")
-    else:
-        fmt, state = "tiatoolbox", _as_state_dict(payload, file, "the file")
-    _check_architecture(state, file)
+    state, fmt, _ = _read(Path(path))
     return state, fmt
 
 
@@ -180,21 +166,41 @@ def _check_request(config: Mapping[str, Any], mode: str | None, num_types: int |
         )
 
 
+def _model_facts(fmt: str, config: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[float, dict | None]:
+    """(input um/px, class names) of a loaded model: recorded by histostain training, else the publisher's.
+
+    Published HoVer-Net weights all expect 40x input (0.25 um/px); a 6-type published model is the PanNuke one
+    (CoNSeP and MoNuSAC models have 5 types whose names the checkpoints do not record).
+    """
+    mpp = geometry_for(str(config["mode"])).mpp
+    names: dict[int, str] | None = None
+    if fmt == "histostain":
+        if isinstance(payload.get("mpp"), int | float):
+            mpp = float(payload["mpp"])
+        recorded = payload.get("class_names")
+        if isinstance(recorded, Mapping):
+            names = {int(k): str(v) for k, v in recorded.items()}
+    if names is None and config.get("num_types") == len(PANNUKE_TYPE_NAMES) + 1:
+        names = {0: "Background", **PANNUKE_TYPE_NAMES}
+    return mpp, names
+
+
 def load_hovernet(
     path: str | os.PathLike[str], mode: str | None = None, num_types: int | None = None
-) -> tuple[HoVerNet, HoVerNetInfo]:
+) -> tuple[HoVerNet, LoadedWeights]:
     """Load HoVer-Net weights from any supported file; returns the network (eval mode, CPU) and what was loaded.
 
     ``mode`` ("fast" | "original") and ``num_types`` (0 = no type branch) are checks, not overrides: when given
     and different from the file, a WeightsError says what the file contains. The network's forward takes NCHW
-    RGB in 0..255 and returns logits ``{"tp"?, "np", "hv"}`` like the reference.
+    RGB in 0..255 and returns logits ``{"tp"?, "np", "hv"}`` like the reference. The record's ``config`` holds
+    the constructor arguments (``mode``, ``num_types``, widths), ``mpp`` the input scale the model expects.
     """
     import torch
 
     from histostain.segmentation.hovernet import HoVerNet
 
     file = Path(path)
-    state, fmt = read_hovernet_state_dict(file)
+    state, fmt, payload = _read(file)
     config = infer_config(state, file)
     _check_request(config, mode, num_types, file)
     try:
@@ -229,8 +235,11 @@ def load_hovernet(
     with torch.no_grad():
         model.load_state_dict(filled, strict=True)
     model.eval()
-    info = HoVerNetInfo(fmt, config["mode"], config["num_types"], file, config)
-    log.info("loaded HoVer-Net %s from %s (%s format)", info.describe(), file, fmt)
+    mpp, names = _model_facts(fmt, config, payload)
+    info = LoadedWeights(
+        path=file, format=fmt, arch=ARCH, config=dict(config), sha256=sha256_file(file), mpp=mpp, class_names=names
+    )
+    log.info("loaded HoVer-Net %s from %s (%s format)", describe_hovernet(config), file, fmt)
     return model, info
 
 
@@ -242,4 +251,11 @@ def save_hovernet(model: HoVerNet, path: str | os.PathLike[str], **extra: Any) -
     return save_checkpoint(path, make_checkpoint(ARCH, state, model.config(), **extra))
 
 
-__all__ = ["FORMATS", "HoVerNetInfo", "infer_config", "load_hovernet", "read_hovernet_state_dict", "save_hovernet"]
+__all__ = [
+    "FORMATS",
+    "describe_hovernet",
+    "infer_config",
+    "load_hovernet",
+    "read_hovernet_state_dict",
+    "save_hovernet",
+]

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from histostain.segmentation.geometry import GEOMETRIES, HoVerNetGeometry
+
 MODES = ("fast", "original")
 DEFAULT_UNITS = (3, 4, 6, 3)
 DEFAULT_DECODER_UNITS = (8, 4)
 #: canonical (input, output) patch sizes of each mode, as used by the reference for training and inference
-PATCH_SIZES = {"fast": (256, 164), "original": (270, 80)}
 _ENCODER_CHANNELS = ((64, 64, 256), (128, 128, 512), (256, 256, 1024), (512, 512, 2048))
 _BN_EPS = 1e-5
 _DENSE_GROUPS = 4
@@ -297,9 +298,14 @@ class HoVerNet(nn.Module):
         }
 
     @property
+    def geometry(self) -> HoVerNetGeometry:
+        """The reference geometry of this mode (patch in/out, margin, scale)."""
+        return GEOMETRIES[self.mode]
+
+    @property
     def patch_sizes(self) -> tuple[int, int]:
-        """The reference's (input, output) patch sizes for this mode: (256, 164) or (270, 80)."""
-        input_size = PATCH_SIZES[self.mode][0]
+        """(input, output) sides at the reference input size: (256, 164) or (270, 80) at full depth."""
+        input_size = self.geometry.patch_in
         return input_size, self.output_size(input_size)
 
     def output_size(self, input_size: int) -> int:
@@ -347,7 +353,6 @@ __all__ = [
     "DEFAULT_DECODER_UNITS",
     "DEFAULT_UNITS",
     "MODES",
-    "PATCH_SIZES",
     "DenseBlock",
     "HoVerNet",
     "ResidualGroup",

@@ -45,7 +45,8 @@ from histostain.runtime.training import (
     set_deterministic,
 )
 from histostain.segmentation.augment import InputAugment, to_uint8
-from histostain.segmentation.hovernet import DEFAULT_DECODER_UNITS, DEFAULT_UNITS, PATCH_SIZES, HoVerNet
+from histostain.segmentation.geometry import geometry_for
+from histostain.segmentation.hovernet import DEFAULT_DECODER_UNITS, DEFAULT_UNITS, HoVerNet
 from histostain.segmentation.losses import HoVerNetLoss, LossWeights
 from histostain.segmentation.targets import centre_crop, make_targets
 
@@ -276,7 +277,7 @@ def network_sizes(config: HoVerNetConfig, patch: int) -> tuple[int, int]:
     if input_size > patch:
         raise ConfigError(
             f"input_size {input_size} is larger than the {patch} px patches",
-            hint=f"{config.mode} mode is trained on {PATCH_SIZES[config.mode][0]} px inputs; "
+            hint=f"{config.mode} mode is trained on {geometry_for(config.mode).patch_in} px inputs; "
             + ("use --mode fast for 256 px PanNuke patches" if config.mode == "original" else "set input_size"),
         )
     probe = HoVerNet(
@@ -292,7 +293,7 @@ def network_sizes(config: HoVerNetConfig, patch: int) -> tuple[int, int]:
     except ValueError as exc:
         raise ConfigError(
             f"{exc}",
-            hint=f"{config.mode} mode expects {PATCH_SIZES[config.mode][0]} px inputs (fast: 256 -> 164, "
+            hint=f"{config.mode} mode expects {geometry_for(config.mode).patch_in} px inputs (fast: 256 -> 164, "
             "original: 270 -> 80); set input_size to a size that fits",
         ) from exc
 
@@ -369,24 +370,23 @@ class InitReport:
 
 def _init_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of an init file: official ``{"desc": ...}``, histostain ``state_dict`` or a flat state dict."""
-    from histostain.runtime.checkpoint import FORMAT_NAME, load_checkpoint
+    from histostain.runtime.checkpoint import (
+        check_histostain_header,
+        clean_state_dict,
+        is_histostain_checkpoint,
+        load_checkpoint,
+    )
 
     payload = load_checkpoint(path)
     if not isinstance(payload, Mapping):
         raise WeightsError(f"{path} holds a {type(payload).__name__}, not HoVer-Net or ResNet-50 weights")
-    if payload.get("format") == FORMAT_NAME:
-        if payload.get("arch") != ARCH:
-            raise WeightsError(f"{path} holds a {payload.get('arch')!r} model, not HoVer-Net")
-        state = payload.get("state_dict")
+    if is_histostain_checkpoint(payload):
+        state = check_histostain_header(payload, path, ARCH).get("state_dict")
     else:
         state = payload.get("desc", payload)
     if not isinstance(state, Mapping):
         raise WeightsError(f"{path}: no state dict found (expected 'desc', 'state_dict' or a flat dict of tensors)")
-    tensors = {str(k): v for k, v in state.items() if torch.is_tensor(v)}
-    for prefix in ("module.", "_orig_mod."):
-        if tensors and all(key.startswith(prefix) for key in tensors):
-            tensors = {key[len(prefix) :]: value for key, value in tensors.items()}
-    return tensors
+    return clean_state_dict({str(k): v for k, v in state.items() if torch.is_tensor(v)})[0]
 
 
 def load_init_weights(model: HoVerNet, init: str) -> InitReport:

@@ -35,7 +35,15 @@ import torch
 from torch import nn
 
 from histostain.errors import ConfigError, WeightsError
-from histostain.runtime.checkpoint import FORMAT_NAME, load_checkpoint, make_checkpoint, save_checkpoint
+from histostain.runtime.checkpoint import (
+    LoadedWeights,
+    clean_state_dict,
+    is_histostain_checkpoint,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+    sha256_file,
+)
 from histostain.translation.cyclegan import (
     GENERATOR_ARCH,
     GENERATOR_CONFIG_KEYS,
@@ -51,27 +59,20 @@ FORMATS = ("histostain", "reference", "seed")
 GENERATOR_CHECKPOINT_ARCH = "cyclegan_generator"  # a single exported generator
 TRAINING_CHECKPOINT_ARCH = "cyclegan"  # both generators (and usually both discriminators)
 _STALE_NORM_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_SEED_PREFIXES = ("initial_layer.", "downsampling_layers.", "residual_layers.", "upsampling_layers.", "last_layer.")
 _SEED_RESIDUAL = re.compile(r"^residual_layers\.(\d+)\.block\.([01])\.conv\.0\.(weight|bias)$")
 _REF_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.(\d+)\.")
 
 
 @dataclass
-class LoadedGenerator:
-    """A generator ready for inference, with what is known about where it came from."""
+class _Found:
+    """A generator built and loaded from one file, before the public record is made."""
 
     model: ResnetGenerator
     format: str  # one of FORMATS
-    path: Path
     config: dict[str, Any]
     direction: str | None = None  # ihc2he / he2ihc when known (or requested)
     entry: str | None = None  # which generator of a multi-network checkpoint (G_A / G_B)
     notes: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        which = f" {self.entry}" if self.entry else ""
-        return f"{self.format}{which} generator from {self.path.name}"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -87,18 +88,8 @@ def _check_direction(direction: str | None) -> str | None:
 
 
 def strip_wrappers(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Remove DataParallel/DDP ``module.`` and ``torch.compile`` ``_orig_mod.`` prefixes from every key."""
-    cleaned: dict[str, Any] = {}
-    for key, value in state_dict.items():
-        name = str(key)
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _WRAPPER_PREFIXES:
-                if name.startswith(prefix):
-                    name, changed = name[len(prefix) :], True
-        cleaned[name] = value
-    return cleaned
+    """The state dict without the DataParallel/DDP/torch.compile prefixes (see ``clean_state_dict``)."""
+    return clean_state_dict(state_dict)[0]
 
 
 def _is_tensor_dict(value: Any) -> bool:
@@ -230,11 +221,9 @@ def drop_stale_norm_entries(model: nn.Module, state_dict: Mapping[str, Any]) -> 
     return kept, dropped
 
 
-def generator_from_reference(
-    state_dict: Mapping[str, Any], path: Path, format_name: str = "reference"
-) -> LoadedGenerator:
+def generator_from_reference(state_dict: Mapping[str, Any], path: Path, format_name: str = "reference") -> _Found:
     """Build and strictly load a generator from a reference-layout state dict."""
-    cleaned = strip_wrappers(state_dict)
+    cleaned, stripped = clean_state_dict(state_dict)
     try:
         config = infer_reference_config(cleaned)
     except (KeyError, IndexError) as exc:
@@ -248,9 +237,9 @@ def generator_from_reference(
     notes = []
     if dropped:
         notes.append(f"dropped {len(dropped)} stale instance-norm statistics entries")
-    if len(cleaned) != len(state_dict) - len(dropped) or any(str(k).startswith("module.") for k in state_dict):
-        notes.append("stripped the module. prefix")
-    return LoadedGenerator(model=model, format=format_name, path=path, config=config, notes=notes)
+    if stripped:
+        notes.append(f"stripped the {', '.join(stripped)} prefix")
+    return _Found(model=model, format=format_name, config=config, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------- seed format
@@ -292,7 +281,7 @@ def seed_config(n_blocks: int, ngf: int, input_nc: int = 3, output_nc: int = 3) 
     }
 
 
-def generator_from_seed(state_dict: Mapping[str, Any], path: Path) -> LoadedGenerator:
+def generator_from_seed(state_dict: Mapping[str, Any], path: Path) -> _Found:
     """Rename a seed generator's keys and load them into the seed variant of our generator."""
     cleaned = strip_wrappers(state_dict)
     indices = {int(m.group(1)) for key in cleaned if (m := _SEED_RESIDUAL.match(str(key)))}
@@ -311,7 +300,7 @@ def generator_from_seed(state_dict: Mapping[str, Any], path: Path) -> LoadedGene
     renamed, dropped = drop_stale_norm_entries(model, renamed)
     _load_strict(model, renamed, path, "seed-project generator")
     notes = ["seed variant: no norm after the stem, reflect-padded downsampling"]
-    return LoadedGenerator(model=model, format="seed", path=path, config=config, notes=notes)
+    return _Found(model=model, format="seed", config=config, notes=notes)
 
 
 def seed_direction_from_name(path: Path) -> str | None:
@@ -398,7 +387,7 @@ def _generator_config_from(config: Mapping[str, Any], entry: str | None) -> dict
     return None
 
 
-def generator_from_histostain(payload: Mapping[str, Any], path: Path, direction: str | None) -> LoadedGenerator:
+def generator_from_histostain(payload: Mapping[str, Any], path: Path, direction: str | None) -> _Found:
     """A generator from one of our checkpoints: G_A/G_B of a training checkpoint, or an exported generator."""
     arch = payload.get("arch")
     config = payload.get("config") if isinstance(payload.get("config"), Mapping) else {}
@@ -457,7 +446,7 @@ def generator_from_histostain(payload: Mapping[str, Any], path: Path, direction:
             raise WeightsError(f"{path}: invalid generator config in the checkpoint ({exc.message})") from exc
         cleaned, _dropped = drop_stale_norm_entries(model, state)
         _load_strict(model, cleaned, path, "histostain")
-        loaded = LoadedGenerator(model=model, format="histostain", path=path, config=generator_config(model))
+        loaded = _Found(model=model, format="histostain", config=generator_config(model))
     loaded.direction, loaded.entry = chosen, entry
     return loaded
 
@@ -472,8 +461,8 @@ def _read(path: Path) -> Any:
         return load_checkpoint(path)
 
 
-def load_generator(path: str | os.PathLike[str], direction: str | None = None) -> LoadedGenerator:
-    """Detect the format of ``path`` and return the generator it holds, in eval mode on the CPU.
+def load_generator(path: str | os.PathLike[str], direction: str | None = None) -> tuple[ResnetGenerator, LoadedWeights]:
+    """Detect the format of ``path`` and return the generator it holds (eval mode, CPU) and what was loaded.
 
     ``direction`` (``ihc2he`` / ``he2ihc``) picks the generator of a training checkpoint; for single-generator
     files it is checked against what the file records (or, for seed files, its name) and kept as metadata.
@@ -483,7 +472,7 @@ def load_generator(path: str | os.PathLike[str], direction: str | None = None) -
     payload = _read(file)
     tried = "histostain checkpoint, reference CycleGAN *_net_G.pth state dict, seed {'state_dict': ...} file"
 
-    if isinstance(payload, Mapping) and payload.get("format") == FORMAT_NAME:
+    if is_histostain_checkpoint(payload):
         loaded = generator_from_histostain(payload, file, direction)
     elif _is_tensor_dict(payload) and is_reference_generator(strip_wrappers(payload)):
         loaded = generator_from_reference(payload, file)
@@ -525,7 +514,17 @@ def load_generator(path: str | os.PathLike[str], direction: str | None = None) -
     loaded.model.eval()
     for note in loaded.notes:
         log.info("%s: %s", file.name, note)
-    return loaded
+    record = LoadedWeights(
+        path=file,
+        format=loaded.format,
+        arch=GENERATOR_ARCH,
+        config=dict(loaded.config),
+        sha256=sha256_file(file),
+        direction=loaded.direction,
+        entry=loaded.entry,
+        notes=list(loaded.notes),
+    )
+    return loaded.model, record
 
 
 def save_generator(
@@ -543,7 +542,6 @@ def save_generator(
 __all__ = [
     "DIRECTIONS",
     "FORMATS",
-    "LoadedGenerator",
     "checkpoint_domains",
     "describe_keys",
     "drop_stale_norm_entries",

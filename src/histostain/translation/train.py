@@ -392,10 +392,10 @@ class CycleGANTrainer(Trainer):
     def _fid_network(self) -> torch.nn.Module:
         """The FID-Inception network, loaded once (the weights were checked to exist before training)."""
         if getattr(self, "_fid_model", None) is None:
-            from histostain.metrics.inception import load_fid_inception, resolve_weights
+            from histostain.metrics.inception import load_fid_inception
 
-            path = resolve_weights(Path(self.cfg.fid_weights) if self.cfg.fid_weights else None)
-            self._fid_model = load_fid_inception(path).to(self.manager.device).eval()
+            model, _ = load_fid_inception(Path(self.cfg.fid_weights) if self.cfg.fid_weights else None)
+            self._fid_model = model.to(self.manager.device).eval()
         return self._fid_model
 
     def _fid_features(self, model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
@@ -482,8 +482,8 @@ def train_cyclegan(
     if config.val_fid:
         from histostain.metrics.inception import resolve_weights
 
-        # fail before training, not at the first validation hours later
-        resolve_weights(Path(config.fid_weights) if config.fid_weights else None)
+        # fail before training, not at the first validation hours later; the run records the file it uses
+        config.fid_weights = str(resolve_weights(Path(config.fid_weights) if config.fid_weights else None))
     train, val = _datasets(prepared, config)
     dist = init_distributed(manager)
     try:

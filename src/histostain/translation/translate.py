@@ -18,7 +18,6 @@ while the network runs; tiles of the same size (from one image or from consecuti
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -37,9 +36,10 @@ from histostain.errors import ConfigError, InputError
 from histostain.io.atomic import atomic_write_text
 from histostain.io.images import IMAGE_EXTENSIONS, list_images, read_image, write_image
 from histostain.io.tiling import Stitcher, TileGrid, extract_region, plan_tiles
+from histostain.runtime.checkpoint import LoadedWeights
 from histostain.runtime.device import DeviceManager
 from histostain.runtime.progress import progress_task
-from histostain.translation.compat import LoadedGenerator, load_generator
+from histostain.translation.compat import load_generator
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Translator:
         overlap: int = DEFAULT_OVERLAP,
         batch_size: int = DEFAULT_BATCH_SIZE,
         direction: str | None = None,
-        source: LoadedGenerator | None = None,
+        source: LoadedWeights | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
@@ -188,8 +188,8 @@ class Translator:
         **options: Any,
     ) -> Translator:
         """Load a generator from any supported checkpoint format (see ``compat.py``)."""
-        loaded = load_generator(path, direction)
-        return cls(loaded.model, device, direction=loaded.direction, source=loaded, **options)
+        model, loaded = load_generator(path, direction)
+        return cls(model, device, direction=loaded.direction, source=loaded, **options)
 
     def plan(self, height: int, width: int) -> TilePlan:
         return plan_image(height, width, self.tile, self.overlap)
@@ -434,14 +434,6 @@ class TranslateReport:
         return data
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _record_name(num_parts: int, part_id: int) -> str:
     return RECORD_NAME if num_parts == 1 else f"translate.part-{part_id}-of-{num_parts}.json"
 
@@ -499,7 +491,7 @@ def translate_paths(
         "weights": str(Path(weights).resolve()),
         "weights_format": source.format,
         "weights_entry": source.entry,
-        "weights_sha256": sha256_file(weights),
+        "weights_sha256": source.sha256,
         "generator": source.config,
         "direction": translator.direction,
         "tile": tile,
@@ -541,7 +533,6 @@ __all__ = [
     "Translator",
     "collect_inputs",
     "plan_image",
-    "sha256_file",
     "to_uint8",
     "translate_paths",
 ]
