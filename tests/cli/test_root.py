@@ -10,36 +10,28 @@ from pathlib import Path
 import pytest
 
 from histostain import __version__
-from histostain.cli import main
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("HISTOSTAIN_DEVICE", "HISTOSTAIN_PRECISION", "HISTOSTAIN_HOME", "HISTOSTAIN_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
+def _in_empty_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ./histostain.toml of the developer's is picked up (HISTOSTAIN_* are cleared by conftest)."""
     monkeypatch.chdir(tmp_path)
 
 
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+@pytest.fixture
+def run(run_cli):
+    return run_cli
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["--version"], capsys)
+def test_version(run) -> None:
+    code, out, _ = run(["--version"])
     assert code == 0 and out.startswith(f"histostain {__version__} ")
 
 
-def test_doctor_json_reports_this_cpu_machine(capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_json_reports_this_cpu_machine(run) -> None:
     import torch
 
-    code, out, _ = run(["doctor", "--json"], capsys)
+    code, out, _ = run(["doctor", "--json"])
     assert code == 0
     report = json.loads(out)  # stdout holds JSON only
     assert report["torch"] == torch.__version__
@@ -51,13 +43,11 @@ def test_doctor_json_reports_this_cpu_machine(capsys: pytest.CaptureFixture[str]
     assert report["settings"]["device"] == {"value": "auto", "source": "default"}
 
 
-def test_doctor_shows_where_settings_came_from(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_doctor_shows_where_settings_came_from(run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "site.toml"
     config.write_text(f'home = "{tmp_path / "cache"}"\nprecision = "fp32"\n')
     monkeypatch.setenv("HISTOSTAIN_PRECISION", "bf16")
-    code, out, _ = run(["--config", str(config), "--device", "cpu", "doctor", "--json"], capsys)
+    code, out, _ = run(["--config", str(config), "--device", "cpu", "doctor", "--json"])
     assert code == 0
     settings = json.loads(out)["settings"]
     assert settings["device"] == {"value": "cpu", "source": "flag"}
@@ -65,8 +55,8 @@ def test_doctor_shows_where_settings_came_from(
     assert settings["home"] == {"value": str(tmp_path / "cache"), "source": f"file ({config})"}
 
 
-def test_doctor_table_is_human_readable(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["doctor"], capsys)
+def test_doctor_table_is_human_readable(run) -> None:
+    code, out, _ = run(["doctor"])
     assert code == 0
     for label in ("torch / torchvision", "device", "precision", "cache dir", "setting device"):
         assert label in out
@@ -81,13 +71,13 @@ def test_doctor_table_is_human_readable(capsys: pytest.CaptureFixture[str]) -> N
     ],
 )
 def test_known_errors_print_one_red_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str], args: list[str], fragment: str, monkeypatch: pytest.MonkeyPatch
+    run, args: list[str], fragment: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
 
     if torch.cuda.device_count() > 7:
         pytest.skip("this machine really has 8 GPUs")
-    code, out, err = run(args, capsys)
+    code, out, err = run(args)
     assert code == 2
     assert out == ""
     lines = [line for line in err.splitlines() if line.strip()]
@@ -96,16 +86,14 @@ def test_known_errors_print_one_red_line_and_exit_2(
     assert "Traceback" not in err
 
 
-def test_environment_errors_name_the_variable(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_environment_errors_name_the_variable(run, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HISTOSTAIN_DEVICE", "tpu")
-    code, _, err = run(["doctor"], capsys)
+    code, _, err = run(["doctor"])
     assert code == 2 and "HISTOSTAIN_DEVICE" in err
 
 
-def test_debug_adds_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["--debug", "--precision", "int8", "doctor"], capsys)
+def test_debug_adds_the_traceback(run) -> None:
+    code, _, err = run(["--debug", "--precision", "int8", "doctor"])
     assert code == 2
     assert "Traceback" in err and "Error: invalid setting" in err
 
@@ -145,3 +133,15 @@ def test_python_dash_m_entry_point() -> None:
         [sys.executable, "-m", "histostain", "--version"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and result.stdout.startswith("histostain ")
+
+
+def test_the_invocation_is_recorded_as_typed_for_provenance(run) -> None:
+    from histostain.provenance import Provenance, invocation
+
+    code, _, _ = run(["--quiet", "--device", "cpu", "doctor", "--json"])
+    assert code == 0
+    assert invocation() == ["histostain", "--quiet", "--device", "cpu", "doctor", "--json"]
+    record = Provenance.capture({"path": Path("x") / "y", "sizes": (1, 2)})
+    assert record.command == ("histostain", "--quiet", "--device", "cpu", "doctor", "--json")
+    assert record.to_dict()["options"] == {"path": "x/y", "sizes": [1, 2]}  # JSON-ready
+    assert Provenance.from_dict(record.to_dict()) == record

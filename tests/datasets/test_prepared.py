@@ -74,7 +74,7 @@ def test_same_inputs_are_a_no_op_and_different_options_are_refused_with_a_diff(t
     first = prepare(out, source, {"size": 256, "seed": 0})
     stamp = (out / "manifest.json").stat().st_mtime_ns
     again = prepare(out, source, {"size": 256, "seed": 0})
-    assert again.created == first.created
+    assert again.created == first.created and first.created.endswith("+00:00")
     assert (out / "manifest.json").stat().st_mtime_ns == stamp  # nothing rewritten
     with pytest.raises(ConfigError) as info:
         prepare(out, source, {"size": 0, "seed": 0})
@@ -153,3 +153,26 @@ def test_open_source_extracts_a_zip_and_cleans_up(tmp_path: Path) -> None:
     plain = make_source(tmp_path / "plain")
     with open_source(plain, scratch) as folder:
         assert folder == plain
+
+
+def test_a_version_1_manifest_still_reads_with_its_provenance_in_the_one_record(tmp_path: Path) -> None:
+    legacy = {
+        "format": "histostain-prepared",
+        "format_version": 1,
+        "dataset": "bci",
+        "source": {"path": "/data/BCI", "kind": "folder", "file_count": 2, "total_bytes": 10, "fingerprint": "ab"},
+        "options": {"size": 256},
+        "splits": {"train": 1},
+        "histostain_version": "0.1.0",
+        "created": "2026-10-01T08:00:00+00:00",
+        "command": ["histostain", "prepare", "bci", "/data/BCI", "--out", "prepared"],
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(legacy))
+    manifest = load_prepared(tmp_path)
+    assert manifest.provenance == {
+        "command": ["histostain", "prepare", "bci", "/data/BCI", "--out", "prepared"],
+        "histostain_version": "0.1.0",
+        "created": "2026-10-01T08:00:00+00:00",
+        "options": {},
+    }
+    assert manifest.created == "2026-10-01T08:00:00+00:00" and manifest.options == {"size": 256}

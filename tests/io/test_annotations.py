@@ -11,7 +11,6 @@ import pytest
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.annotations import (
-    ENDONUKE_TYPE_NAMES,
     Nucleus,
     centroids_array,
     format_number,
@@ -28,6 +27,7 @@ from histostain.io.annotations import (
     write_geojson,
     write_hovernet_json,
 )
+from histostain.vocabulary import ENDONUKE_CLASS_NAMES
 
 
 def write(path: Path, text: str) -> Path:
@@ -374,7 +374,7 @@ def test_geojson_writer_structure(tmp_path: Path) -> None:
     assert first["geometry"] == {"type": "Polygon", "coordinates": [[[10, 20], [14, 20], [14, 24], [10, 20]]]}
     assert first["properties"] == {
         "objectType": "detection",
-        "classification": {"name": "Inflammatory", "color": [34, 221, 77]},
+        "classification": {"name": "Inflammatory", "color": [0, 255, 0]},  # hover_net's type_info colour
         "measurements": {"nucleus_id": 1, "centroid_x": 12.5, "centroid_y": 22.0, "type_prob": 0.5},
     }
     assert second["geometry"] == {"type": "Point", "coordinates": [5.0, 6.0]}
@@ -440,7 +440,7 @@ def test_geojson_round_trip_with_endonuke_names_and_unknown_codes(tmp_path: Path
         Nucleus(id=4, centroid=(4, 4), type=7),
         Nucleus(id=5, centroid=(5, 5), type_name="Lymphocyte"),
     ]
-    path = write_geojson(tmp_path / "e.geojson", nuclei, type_names=ENDONUKE_TYPE_NAMES, type_colors={})
+    path = write_geojson(tmp_path / "e.geojson", nuclei, type_names=ENDONUKE_CLASS_NAMES, type_colors={})
     names = [f["properties"].get("classification") for f in json.loads(path.read_text())["features"]]
     assert names == [
         {"name": "stroma"},
@@ -449,7 +449,7 @@ def test_geojson_round_trip_with_endonuke_names_and_unknown_codes(tmp_path: Path
         {"name": "7"},
         {"name": "Lymphocyte"},
     ]
-    assert read_geojson(path, type_names=ENDONUKE_TYPE_NAMES) == nuclei
+    assert read_geojson(path, type_names=ENDONUKE_CLASS_NAMES) == nuclei
     # Read with the wrong table, the names are kept instead of being mistaken for PanNuke codes.
     wrong = read_geojson(path)
     assert [(n.type, n.type_name) for n in wrong[:3]] == [(None, "stroma"), (None, "epithelium"), (None, "other")]
@@ -573,7 +573,7 @@ def test_dispatch_json_content_decides(tmp_path: Path) -> None:
     hv = write_hovernet_json(tmp_path / "hovernet.json", nuclei)
     assert read_annotations(hv) == nuclei
     # Options for the other format are ignored, so one call site can read both.
-    assert read_annotations(hv, type_names=ENDONUKE_TYPE_NAMES) == nuclei
+    assert read_annotations(hv, type_names=ENDONUKE_CLASS_NAMES) == nuclei
     assert read_annotations(geo, type_names={3: "Connective"}, image_size=(10, 10)) == nuclei
 
 

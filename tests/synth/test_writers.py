@@ -247,6 +247,11 @@ def test_same_seed_same_bytes(tmp_path, layout):
     write_dataset(layout, tmp_path / "b", n=3, size=size, seed=5, quirks=layout != "tiles", **options)
     write_dataset(layout, tmp_path / "c", n=3, size=size, seed=6, quirks=layout != "tiles", **options)
     a, b, c = digest(tmp_path / "a"), digest(tmp_path / "b"), digest(tmp_path / "c")
+    # every data file is byte-identical; synth.json differs only in its provenance (out path, creation time)
+    record_a, record_b = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert record_a.pop("provenance")["options"]["out"] != record_b.pop("provenance")["options"]["out"]
+    assert record_a == record_b
+    del a["synth.json"], b["synth.json"], c["synth.json"]
     assert a == b
     assert set(a) == set(c) and a != c
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from histostain.cli.common import print_json, print_summary, state
+from histostain.cli.common import print_json, print_summary, provenance, state
+from histostain.cli.options import JsonOpt
 
 if TYPE_CHECKING:
     from histostain.datasets.prepared import PrepareSummary
@@ -21,7 +22,6 @@ SourceArg = Annotated[Path, typer.Argument(help="The unpacked dataset folder or 
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder for the prepared dataset.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split assignment.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing prepared folder.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 FractionsOpt = Annotated[
     str, typer.Option("--fractions", help="train,val,test fractions of a random split (by source image).")
 ]
@@ -60,7 +60,14 @@ def prepare_bci_command(
     from histostain.datasets.bci import prepare_bci
 
     summary = prepare_bci(
-        source, out, patch=patch, size=size, val_fraction=val_fraction, seed=seed, overwrite=overwrite
+        source,
+        out,
+        patch=patch,
+        size=size,
+        val_fraction=val_fraction,
+        seed=seed,
+        overwrite=overwrite,
+        provenance=provenance(ctx),
     )
     _render(summary, as_json)
 
@@ -93,6 +100,7 @@ def prepare_pannuke_command(
         seed=seed,
         chunk=chunk,
         overwrite=overwrite,
+        provenance=provenance(ctx),
     )
     _render(summary, as_json)
 
@@ -129,5 +137,6 @@ def prepare_endonuke_command(
         seed=seed,
         annotators=annotator or None,
         overwrite=overwrite,
+        provenance=provenance(ctx),
     )
     _render(summary, as_json)

@@ -7,19 +7,8 @@ from typing import Annotated
 
 import typer
 
-from histostain.cli.common import print_json, print_summary, state
-
-
-def _command_line(layout: str, out: Path, n: int, size: int | None, seed: int, folds: int, quirks: bool) -> list[str]:
-    """The resolved command that reproduces this dataset (recorded in synth.json)."""
-    command = ["histostain", "synth", "--layout", layout.lower(), "--n", str(n), "--seed", str(seed)]
-    if size is not None:
-        command += ["--size", str(size)]
-    if layout.lower() == "pannuke":
-        command += ["--folds", str(folds)]
-    if quirks:
-        command.append("--quirks")
-    return [*command, "--out", str(out)]
+from histostain.cli.common import print_json, print_summary, provenance, state
+from histostain.cli.options import JsonOpt
 
 
 def synth(
@@ -36,7 +25,7 @@ def synth(
         bool, typer.Option("--quirks", help="Reproduce the published irregularities of the layout.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Generate synthetic H&E / IHC tissue with exact ground truth in the BCI, PanNuke, EndoNuke or tiles layout."""
     state(ctx).settings()
@@ -51,7 +40,7 @@ def synth(
         quirks=quirks,
         overwrite=overwrite,
         folds=folds,
-        command=_command_line(layout, out, n, size, seed, folds, quirks),
+        provenance=provenance(ctx),
     )
     if as_json:
         print_json(summary.to_dict())

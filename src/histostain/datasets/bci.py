@@ -38,7 +38,9 @@ from histostain.datasets.prepared import (
 )
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.images import read_image, write_image
+from histostain.provenance import Provenance, record_or_capture
 from histostain.runtime.progress import track
+from histostain.vocabulary import BCI_HER2_LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ DATASET = "bci"
 ROOT_NAME = "BCI_dataset"
 MODALITIES = ("HE", "IHC")
 OFFICIAL_SPLITS = ("train", "test")
-HER2_LEVELS = ("0", "1+", "2+", "3+")
 NAME_PATTERN = re.compile(r"^(\d+)_(train|test)_([0-3]\+?)$")
 EXPECTED_NAME = "<number>_<train|test>_<HER2 level>.png with the level 0, 1+, 2+ or 3+ (e.g. 00012_train_2+.png)"
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
@@ -91,6 +92,7 @@ def prepare_bci(
     val_fraction: float = 0.2,
     seed: int = 0,
     overwrite: bool = False,
+    provenance: Provenance | None = None,
 ) -> PrepareSummary:
     """Validate, tile, resize, split and write the BCI release under ``out``; return what was done.
 
@@ -130,6 +132,7 @@ def prepare_bci(
                 splits=splits,
                 counters=dict(sorted(counters.items())),
                 samples=samples,
+                provenance=record_or_capture(provenance, **options).to_dict(),
             )
             write_manifest(tmp, manifest)
     seconds = time.perf_counter() - started
@@ -193,7 +196,7 @@ def parse_name(name: str) -> tuple[str, str, str] | None:
     if path.suffix.lower() != ".png":
         return None
     match = NAME_PATTERN.match(path.stem)
-    if match is None or match.group(3) not in HER2_LEVELS:
+    if match is None or match.group(3) not in BCI_HER2_LEVELS:
         return None
     number, split, level = match.groups()
     return number, split, level
@@ -428,4 +431,4 @@ def _write_patches(
     return samples
 
 
-__all__ = ["HER2_LEVELS", "BCIPair", "locate_dataset_root", "parse_name", "prepare_bci", "resize_patch"]
+__all__ = ["BCIPair", "locate_dataset_root", "parse_name", "prepare_bci", "resize_patch"]

@@ -53,13 +53,13 @@ from histostain.datasets.prepared import (
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.annotations import Nucleus, read_centroids_txt, write_centroids_txt
 from histostain.io.images import read_image, write_image
+from histostain.provenance import Provenance, record_or_capture
 from histostain.runtime.progress import track
+from histostain.vocabulary import ENDONUKE_ANNOTATORS, ENDONUKE_CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
 DATASET = "endonuke"
-ANNOTATORS: tuple[str, ...] = ("ptg1", "ptg2", "ptg3", "stud1", "stud2", "stud3", "stud4")
-CLASS_NAMES: dict[int, str] = {0: "stroma", 1: "epithelium", 2: "other"}
 CROP_MODES: tuple[str, ...] = ("none", "seed", "grid")
 TILE_WIDTH_UM = 100.0
 MIN_SIDE, MAX_SIDE = 16, 4096  # resampled tile side in pixels (mpp between 0.0244 and 6.25)
@@ -117,6 +117,7 @@ def prepare_endonuke(
     seed: int = 0,
     annotators: list[str] | None = None,
     overwrite: bool = False,
+    provenance: Provenance | None = None,
 ) -> PrepareSummary:
     """Validate, resample, crop, split and write an EndoNuke download (folder ``data/``, its parent or data.zip).
 
@@ -155,7 +156,13 @@ def prepare_endonuke(
             samples += _convert_tile(tile, side, plans[tile.stem], assignment[tile.stem], tmp, counters, paths)
         splits = {name: n for name in SPLIT_NAMES if (n := sum(s["split"] == name for s in samples))}
         manifest = Manifest(
-            dataset=DATASET, source=info, options=options, splits=splits, counters=counters, samples=samples
+            dataset=DATASET,
+            source=info,
+            options=options,
+            splits=splits,
+            counters=counters,
+            samples=samples,
+            provenance=record_or_capture(provenance, **options).to_dict(),
         )
         write_manifest(tmp, manifest)
     seconds = time.perf_counter() - started
@@ -217,12 +224,13 @@ def _check_options(
     _output_side(mpp)
     if not annotators:
         return None
-    unknown = sorted(set(annotators) - set(ANNOTATORS))
+    unknown = sorted(set(annotators) - set(ENDONUKE_ANNOTATORS))
     if unknown:
         raise ConfigError(
-            f"unknown --annotator {', '.join(unknown)}", hint=f"EndoNuke's annotators are {', '.join(ANNOTATORS)}"
+            f"unknown --annotator {', '.join(unknown)}",
+            hint=f"EndoNuke's annotators are {', '.join(ENDONUKE_ANNOTATORS)}",
         )
-    return [name for name in ANNOTATORS if name in set(annotators)]
+    return [name for name in ENDONUKE_ANNOTATORS if name in set(annotators)]
 
 
 def _output_side(mpp: float) -> int:
@@ -288,12 +296,12 @@ def _scan(data_dir: Path, paths: _Paths, selected: list[str] | None, counters: d
         if not folder.is_dir():
             continue
         txts = [p for p in _visible(folder) if p.is_file() and p.suffix.lower() == ".txt"]
-        if folder.name not in ANNOTATORS:
+        if folder.name not in ENDONUKE_ANNOTATORS:
             log.warning(
                 "skipping %s: unknown annotator folder (%d label files); EndoNuke's annotators are %s",
                 paths.show(folder),
                 len(txts),
-                ", ".join(ANNOTATORS),
+                ", ".join(ENDONUKE_ANNOTATORS),
             )
             unknown_files += len(txts)
             continue
@@ -379,7 +387,7 @@ def _read_tile(stem: str, image: Path, label: Path, annotator: str, paths: _Path
         raise DatasetLayoutError(exc.message.replace(str(label), paths.show(label)), hint=exc.hint) from exc
     points = np.array([n.centroid for n in nuclei], dtype=np.float64).reshape(-1, 2)
     for index, nucleus in enumerate(nuclei):
-        if nucleus.type not in CLASS_NAMES:
+        if nucleus.type not in ENDONUKE_CLASS_NAMES:
             found = "no class code" if nucleus.type is None else f"class {nucleus.type}"
             raise DatasetLayoutError(
                 f"{paths.show(label)}:{_line_number(label, index)}: {found}; expected 'x y class' with class "
@@ -491,4 +499,4 @@ def _write_sample(
     write_centroids_txt(folder / "labels" / f"{sample_id}.txt", nuclei)
 
 
-__all__ = ["ANNOTATORS", "CLASS_NAMES", "crop_windows", "prepare_endonuke", "resample_points"]
+__all__ = ["crop_windows", "prepare_endonuke", "resample_points"]

@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from histostain.datasets.pannuke_masks import CONNECTIVITY, OVERLAP_RULE, convert_masks
 from histostain.datasets.prepared import (
     Manifest,
     PrepareSummary,
@@ -41,38 +42,19 @@ from histostain.datasets.prepared import (
     write_manifest,
 )
 from histostain.errors import ConfigError, DatasetLayoutError
+from histostain.io.npy import NpyChunkReader, NpyInfo, NpyWriter, inspect_npy
+from histostain.provenance import Provenance, record_or_capture
 from histostain.runtime.progress import progress_task
+from histostain.vocabulary import PANNUKE_CLASSES, PANNUKE_TISSUES
 
 log = logging.getLogger(__name__)
 
 DATASET = "pannuke"
 SPLITS = ("train", "val", "test")
 FOLDS = (1, 2, 3)
-# The 19 tissue strings exactly as stored in types.npy (case, "_" and "-" matter).
-TISSUES: tuple[str, ...] = (
-    "Adrenal_gland",
-    "Bile-duct",
-    "Bladder",
-    "Breast",
-    "Cervix",
-    "Colon",
-    "Esophagus",
-    "HeadNeck",
-    "Kidney",
-    "Liver",
-    "Lung",
-    "Ovarian",
-    "Pancreatic",
-    "Prostate",
-    "Skin",
-    "Stomach",
-    "Testis",
-    "Thyroid",
-    "Uterus",
-)
-CLASS_NAMES = ("Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial")
-OVERLAP_RULE = "last-channel"
-CONNECTIVITY = 4
+# Kept for readers of the old names until metrics imports the vocabulary (remove with that change).
+TISSUES = PANNUKE_TISSUES
+CLASS_NAMES = PANNUKE_CLASSES
 MAX_ID = 2**31 - 1
 COUNTERS = (
     "empty_patches",
@@ -87,200 +69,9 @@ COUNTERS = (
     "clipped_image_values",
 )
 
+_NPY_ERRORS: dict[str, Any] = {"error": DatasetLayoutError, "hint": "download and unpack the fold again"}
 _FOLD_NAME = re.compile(r"^fold[ _-]?(\d+)$", re.IGNORECASE)
 _FOLD_ZIP = re.compile(r"^fold[ _-]?(\d+)\.zip$", re.IGNORECASE)
-
-
-# ----------------------------------------------------------------------------------------------- conversion
-
-
-@dataclass
-class PatchConversion:
-    """One converted patch: instance map, type map and what was found on the way."""
-
-    inst_map: Any  # int32 (H, W), 0 background, 1..n
-    type_map: Any  # uint8 (H, W), 0 background, 1..5 = channel + 1
-    n_nuclei: int
-    overlap_pixels: int
-    instances_lost: int
-    split_ids: int
-    extra_instances: int
-    colliding_ids: int
-
-
-def convert_masks(classes: Any) -> PatchConversion:
-    """Convert the five class channels ``(H, W, 5)`` (non-negative integer ids) of one patch.
-
-    The last positive channel wins a pixel claimed by several channels; every 4-connected piece of a
-    (channel, id) pair becomes one instance, numbered 1..n in raster order.
-    """
-    import numpy as np
-    from skimage.measure import label
-
-    classes = np.asarray(classes)
-    height, width, channels = classes.shape
-    planes = np.ascontiguousarray(np.moveaxis(classes, -1, 0), dtype=np.int64)  # (5, H, W): fast 2-D passes
-    claims = np.zeros((height, width), np.uint8)
-    winner = np.zeros((height, width), np.int64)
-    winner_id = np.zeros((height, width), np.int64)
-    raw_ids = []
-    for channel in range(channels):
-        plane = planes[channel]
-        positive = plane > 0
-        if not positive.any():
-            raw_ids.append(np.zeros(0, np.int64))
-            continue
-        values = plane[positive]
-        raw_ids.append(np.unique(values))
-        claims += positive
-        winner[positive] = channel  # a later channel overwrites: the last positive channel wins
-        winner_id[positive] = values
-    foreground = claims > 0
-    if not foreground.any():
-        return PatchConversion(
-            inst_map=np.zeros((height, width), np.int32),
-            type_map=np.zeros((height, width), np.uint8),
-            n_nuclei=0,
-            overlap_pixels=0,
-            instances_lost=0,
-            split_ids=0,
-            extra_instances=0,
-            colliding_ids=0,
-        )
-    base = int(planes.max()) + 1
-    key = np.where(foreground, winner * base + winner_id, 0)
-    inst = label(key, connectivity=1, background=0).astype(np.int32)
-    n = int(inst.max())
-    type_map = np.where(foreground, winner + 1, 0).astype(np.uint8)
-
-    # Bookkeeping: the (channel, id) pairs of the input, and the pair each instance came from.
-    raw_keys = np.concatenate([channel * base + ids for channel, ids in enumerate(raw_ids)])
-    _, uses = np.unique(np.concatenate(raw_ids), return_counts=True)
-    key_of = np.zeros(n + 1, np.int64)
-    key_of[inst.ravel()] = key.ravel()  # every pixel of an instance carries the same key
-    final_keys, pieces = np.unique(key_of[1:], return_counts=True)
-    return PatchConversion(
-        inst_map=inst,
-        type_map=type_map,
-        n_nuclei=n,
-        overlap_pixels=int((claims > 1).sum()),
-        instances_lost=int(raw_keys.size - final_keys.size),
-        split_ids=int((pieces > 1).sum()),
-        extra_instances=int(n - final_keys.size),
-        colliding_ids=int((uses > 1).sum()),
-    )
-
-
-# ------------------------------------------------------------------------------------------ .npy streaming
-
-
-@dataclass
-class _NpyInfo:
-    path: Path
-    shape: tuple[int, ...]
-    dtype: Any
-    offset: int
-
-
-def _describe(path: Path, label: str) -> _NpyInfo:
-    """Shape, dtype and data offset of a .npy file without reading its data (errors name the file)."""
-    import numpy as np
-
-    try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        text = str(exc)
-        if "pickle" in text.lower() or "object" in text.lower():
-            reason = "holds Python objects (a pickled object array); expected a plain numeric/unicode array"
-        elif "mmap length" in text or "larger than" in text or "cannot reshape" in text:
-            reason = "is truncated (the file is shorter than its header says)"
-        else:
-            reason = f"is not a readable .npy file ({text.splitlines()[0] if text else type(exc).__name__})"
-        raise DatasetLayoutError(f"{label}: {reason}", hint="download and unpack the fold again") from exc
-    except (OSError, EOFError) as exc:
-        raise DatasetLayoutError(
-            f"{label}: is not a readable .npy file ({exc})", hint="download and unpack the fold again"
-        ) from exc
-    if not isinstance(mapped, np.memmap):  # zero-size arrays are not mapped
-        return _NpyInfo(path, tuple(mapped.shape), mapped.dtype, 0)
-    if mapped.ndim > 1 and not mapped.flags.c_contiguous:
-        raise DatasetLayoutError(
-            f"{label}: stored in Fortran order; expected C order as published",
-            hint="re-save it with numpy.save(path, numpy.ascontiguousarray(array))",
-        )
-    info = _NpyInfo(path, tuple(mapped.shape), mapped.dtype, int(mapped.offset))
-    del mapped
-    return info
-
-
-class _ChunkReader:
-    """Read rows ``[start, stop)`` of a C-order .npy file into one reused buffer with plain file reads.
-
-    Page-cache pages are not part of the process' resident set, unlike the touched pages of a memory map, so
-    the peak memory is the buffer, whatever the file size.
-    """
-
-    def __init__(self, info: _NpyInfo, label: str, rows: int) -> None:
-        import numpy as np
-
-        self.info = info
-        self.label = label
-        self.row_bytes = int(np.prod(info.shape[1:], dtype=np.int64)) * info.dtype.itemsize
-        self.buffer = np.empty((max(rows, 1), *info.shape[1:]), dtype=info.dtype)
-        self.handle: IO[bytes] = info.path.open("rb")
-
-    def read(self, start: int, stop: int) -> Any:
-        import numpy as np
-
-        count = stop - start
-        view = self.buffer[:count]
-        self.handle.seek(self.info.offset + start * self.row_bytes)
-        got = self.handle.readinto(memoryview(view.reshape(-1).view(np.uint8)))
-        if got != count * self.row_bytes:
-            raise DatasetLayoutError(f"{self.label}: truncated at patch {start}", hint="download the fold again")
-        return view
-
-    def close(self) -> None:
-        self.handle.close()
-        self.buffer = None  # release the memory now, not when the last reference goes
-
-    def __enter__(self) -> _ChunkReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _NpyWriter:
-    """Write a C-order .npy file of known shape by appending rows (header first), so memory stays flat."""
-
-    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]) -> None:
-        import numpy as np
-
-        self.path = path
-        self.dtype = np.dtype(dtype)
-        self.shape = shape
-        self.written = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle: IO[bytes] = path.open("wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
-        np.lib.format.write_array_header_1_0(self.handle, header)
-
-    def append(self, rows: Any) -> None:
-        import numpy as np
-
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        if rows.shape[1:] != self.shape[1:] or self.written + rows.shape[0] > self.shape[0]:
-            raise ValueError(f"{self.path}: rows of shape {rows.shape} do not fit {self.shape} at {self.written}")
-        self.handle.write(memoryview(rows.reshape(-1).view(np.uint8)))
-        self.written += rows.shape[0]
-
-    def close(self) -> None:
-        if self.handle.closed:
-            return
-        self.handle.close()
-        if self.written != self.shape[0]:
-            raise ValueError(f"{self.path}: wrote {self.written} of {self.shape[0]} rows")
 
 
 # ----------------------------------------------------------------------------------------------- layout
@@ -291,8 +82,8 @@ class _Fold:
     number: int
     folder: Path
     label: str  # how messages name the fold folder, e.g. "Fold 1"
-    images: _NpyInfo | None = None
-    masks: _NpyInfo | None = None
+    images: NpyInfo | None = None
+    masks: NpyInfo | None = None
     tissues: list[str] | None = None
 
     def file(self, kind: str) -> Path:
@@ -403,8 +194,8 @@ def _validate_fold(fold: _Fold) -> None:
                 f"images/fold{fold.number}/types.npy and masks/fold{fold.number}/masks.npy",
                 hint="unpack the published fold zip without moving its files",
             )
-    images = _describe(fold.file("images"), fold.name("images"))
-    masks = _describe(fold.file("masks"), fold.name("masks"))
+    images = inspect_npy(fold.file("images"), fold.name("images"), **_NPY_ERRORS)
+    masks = inspect_npy(fold.file("masks"), fold.name("masks"), **_NPY_ERRORS)
     for info, kind, channels in ((images, "images", 3), (masks, "masks", 6)):
         if len(info.shape) != 4 or info.shape[-1] != channels:
             raise DatasetLayoutError(
@@ -443,10 +234,10 @@ def _validate_fold(fold: _Fold) -> None:
         )
     tissues = types.tolist()
     for index, name in enumerate(tissues):
-        if name not in TISSUES:
+        if name not in PANNUKE_TISSUES:
             raise DatasetLayoutError(
                 f"{label}: unknown tissue {name!r} at patch {index}; expected one of the 19 PanNuke tissues",
-                hint=f"the names are {', '.join(TISSUES)}",
+                hint=f"the names are {', '.join(PANNUKE_TISSUES)}",
             )
     fold.images, fold.masks, fold.tissues = images, masks, tissues
 
@@ -508,6 +299,7 @@ def prepare_pannuke(
     seed: int = 0,
     chunk: int = 64,
     overwrite: bool = False,
+    provenance: Provenance | None = None,
 ) -> PrepareSummary:
     """Validate, convert and split PanNuke folds from ``source`` into the prepared format under ``out``.
 
@@ -536,6 +328,7 @@ def prepare_pannuke(
         assignment = _assign(folds, options)
         with build_prepared(out, overwrite) as tmp:
             manifest = _convert(folds, assignment, tmp, info, options, chunk)
+            manifest.provenance = record_or_capture(provenance, **options, chunk=chunk).to_dict()
             write_manifest(tmp, manifest)
     seconds = time.perf_counter() - started
     log.info("prepared %d PanNuke patches into %s in %.1fs", sum(manifest.splits.values()), out, seconds)
@@ -554,17 +347,17 @@ def _convert(
     samples: list[dict[str, Any]] = []
     tissues: dict[str, list[str]] = {name: [] for name in SPLITS}
     with ExitStack() as stack:
-        writers: dict[str, dict[str, _NpyWriter]] = {}
+        writers: dict[str, dict[str, NpyWriter]] = {}
         for name in SPLITS:
             n = counts[name]
             if not n:
                 continue
             folder = tmp / name
             writers[name] = {
-                "images": _NpyWriter(folder / "images.npy", np.uint8, (n, height, width, 3)),
-                "inst_maps": _NpyWriter(folder / "inst_maps.npy", np.int32, (n, height, width)),
-                "type_maps": _NpyWriter(folder / "type_maps.npy", np.uint8, (n, height, width)),
-                "eval_masks": _NpyWriter(folder / "eval" / "masks.npy", np.int32, (n, height, width, 6)),
+                "images": NpyWriter(folder / "images.npy", np.uint8, (n, height, width, 3)),
+                "inst_maps": NpyWriter(folder / "inst_maps.npy", np.int32, (n, height, width)),
+                "type_maps": NpyWriter(folder / "type_maps.npy", np.uint8, (n, height, width)),
+                "eval_masks": NpyWriter(folder / "eval" / "masks.npy", np.int32, (n, height, width, 6)),
             }
             for writer in writers[name].values():
                 stack.callback(writer.handle.close)
@@ -572,8 +365,8 @@ def _convert(
             assert fold.images is not None and fold.masks is not None and fold.tissues is not None
             rows = min(chunk, fold.count)
             with (
-                _ChunkReader(fold.images, fold.name("images"), rows) as images,
-                _ChunkReader(fold.masks, fold.name("masks"), rows) as masks,
+                NpyChunkReader(fold.images, fold.name("images"), rows, **_NPY_ERRORS) as images,
+                NpyChunkReader(fold.masks, fold.name("masks"), rows, **_NPY_ERRORS) as masks,
                 progress_task(f"PanNuke fold {fold.number}", total=fold.count, unit="patch") as task,
             ):
                 for start in range(0, fold.count, chunk):

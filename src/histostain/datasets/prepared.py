@@ -11,26 +11,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from histostain import __version__
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.atomic import atomic_directory, atomic_write_text, remove_stale_partials
+from histostain.provenance import Provenance
 
 MANIFEST_NAME = "manifest.json"
 PREPARED_FORMAT = "histostain-prepared"
-PREPARED_VERSION = 1
+PREPARED_VERSION = 2  # 2: provenance in one "provenance" record (version 1 kept it in three top-level fields)
+_LEGACY_PROVENANCE_FIELDS = ("histostain_version", "created", "command")
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -59,9 +58,22 @@ class Manifest(BaseModel):
     splits: dict[str, int]
     counters: dict[str, int] = Field(default_factory=dict)
     samples: list[dict[str, Any]] = Field(default_factory=list)
-    histostain_version: str = __version__
-    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    command: list[str] = Field(default_factory=lambda: list(sys.argv))
+    provenance: dict[str, Any] = Field(default_factory=lambda: Provenance.capture().to_dict())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_version_1(cls, data: Any) -> Any:
+        """Version-1 manifests kept the provenance in top-level fields: read them into the one record."""
+        if isinstance(data, dict) and any(name in data for name in _LEGACY_PROVENANCE_FIELDS):
+            data = dict(data)
+            legacy = {name: data.pop(name) for name in _LEGACY_PROVENANCE_FIELDS if name in data}
+            data.setdefault("provenance", Provenance.from_dict(legacy).to_dict())
+        return data
+
+    @property
+    def created(self) -> str:
+        """When the dataset was prepared (UTC)."""
+        return str(self.provenance.get("created", ""))
 
 
 def fingerprint_source(source: Path) -> SourceInfo:

@@ -54,7 +54,6 @@ from histostain.io.atomic import atomic_write
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-_TIFF_EXTENSIONS = frozenset({".tif", ".tiff"})
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 _UNSUPPORTED_PHOTOMETRIC = frozenset(
     int(getattr(tifffile.PHOTOMETRIC, name))

@@ -95,15 +95,6 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], str, Mapping[str, Any]]:
     return state, fmt, payload
 
 
-def read_hovernet_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
-    """Read a weights file (weights-only) and return its HoVer-Net state dict, prefixes stripped, and its format.
-
-    Raises WeightsError for unreadable files, other containers, other architectures and encoder-only files.
-    """
-    state, fmt, _ = _read(Path(path))
-    return state, fmt
-
-
 def _check_architecture(state: Mapping[str, Any], path: Path) -> None:
     keys = list(state)
     if any(key.startswith(("res_blocks.", "nucleus_prediction.", "horizontal_vertical.")) for key in keys):
@@ -256,6 +247,5 @@ __all__ = [
     "describe_hovernet",
     "infer_config",
     "load_hovernet",
-    "read_hovernet_state_dict",
     "save_hovernet",
 ]

@@ -6,14 +6,12 @@ writes a whole dataset in the BCI, PanNuke, EndoNuke or a plain tiles layout and
 
 from __future__ import annotations
 
-from histostain.synth.constants import HER2_LEVELS, NUCLEUS_TYPES, PANNUKE_TISSUES
+from histostain.synth.constants import NUCLEUS_TYPES
 from histostain.synth.generate import SynthNucleus, SynthTile, generate_tile, tile_seeds
 
 __all__ = [
-    "HER2_LEVELS",
     "LAYOUTS",
     "NUCLEUS_TYPES",
-    "PANNUKE_TISSUES",
     "SynthNucleus",
     "SynthSummary",
     "SynthTile",

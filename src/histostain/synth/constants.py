@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# PanNuke nucleus types (type id = PanNuke mask channel + 1); 0 is background.
+from histostain.vocabulary import PANNUKE_TISSUES, PANNUKE_TYPE_NAMES
+
+# PanNuke nucleus types (type id = PanNuke mask channel + 1; names from the vocabulary, lower case); 0 is background.
 NEOPLASTIC, INFLAMMATORY, CONNECTIVE, DEAD, EPITHELIAL = 1, 2, 3, 4, 5
-NUCLEUS_TYPES: dict[int, str] = {
-    NEOPLASTIC: "neoplastic",
-    INFLAMMATORY: "inflammatory",
-    CONNECTIVE: "connective",
-    DEAD: "dead",
-    EPITHELIAL: "epithelial",
-}
+NUCLEUS_TYPES: dict[int, str] = {code: name.lower() for code, name in PANNUKE_TYPE_NAMES.items()}
 
 # EndoNuke classes (datasets.md 2.3): 0 stroma, 1 epithelium, 2 other nuclei.
 ENDONUKE_STROMA, ENDONUKE_EPITHELIUM, ENDONUKE_OTHER = 0, 1, 2
-ENDONUKE_ANNOTATORS = ("ptg1", "ptg2", "ptg3", "stud1", "stud2", "stud3", "stud4")
 
 # Tissue compartments of a layout.
 GLASS, STROMA, EPITHELIUM, TUMOUR, LUMEN = 0, 1, 2, 3, 4
@@ -28,31 +23,9 @@ COMPARTMENTS: dict[int, str] = {
     LUMEN: "lumen",
 }
 
-# The 19 PanNuke tissue strings exactly as stored in types.npy, with the patch counts of fold 1 as weights.
-PANNUKE_TISSUES: dict[str, int] = {
-    "Adrenal_gland": 134,
-    "Bile-duct": 159,
-    "Bladder": 21,
-    "Breast": 827,
-    "Cervix": 155,
-    "Colon": 478,
-    "Esophagus": 155,
-    "HeadNeck": 70,
-    "Kidney": 37,
-    "Liver": 65,
-    "Lung": 80,
-    "Ovarian": 54,
-    "Pancreatic": 78,
-    "Prostate": 77,
-    "Skin": 59,
-    "Stomach": 50,
-    "Testis": 60,
-    "Thyroid": 80,
-    "Uterus": 17,
-}
-
-# HER2 scores 0..3 and their spelling in BCI file names.
-HER2_LEVELS: tuple[str, ...] = ("0", "1+", "2+", "3+")
+# How often each PanNuke tissue is drawn: its patch count in fold 1 (vocabulary order, alphabetical).
+_FOLD1_PATCHES = (134, 159, 21, 827, 155, 478, 155, 70, 37, 65, 80, 54, 78, 77, 59, 50, 60, 80, 17)
+PANNUKE_TISSUE_WEIGHTS: dict[str, int] = dict(zip(PANNUKE_TISSUES, _FOLD1_PATCHES, strict=True))
 
 # Tissue kinds a layout can be drawn as, with their default probabilities.
 KINDS: dict[str, float] = {"tumour": 0.45, "glandular": 0.30, "stromal": 0.25}

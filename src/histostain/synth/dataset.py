@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.atomic import atomic_directory
+from histostain.provenance import Provenance, record_or_capture
 from histostain.runtime.progress import track
 from histostain.synth.constants import MAX_SIZE, MIN_SIZE, NUCLEUS_TYPES
 from histostain.synth.generate import generate_tile, tile_seeds
@@ -108,7 +109,7 @@ def write_dataset(
     quirks: bool = False,
     overwrite: bool = False,
     folds: int = 3,
-    command: Sequence[str] | None = None,
+    provenance: Provenance | None = None,
 ) -> SynthSummary:
     """Generate ``n`` tiles from ``seed`` and write them in ``layout`` under ``out``; return the summary.
 
@@ -119,8 +120,9 @@ def write_dataset(
     validate_options(layout, n, size, seed, quirks, **options)
     out = Path(out)
     replace = _check_out(out, overwrite)
-    from histostain import __version__
-
+    record = record_or_capture(
+        provenance, layout=layout, out=out, n=n, size=size, seed=seed, quirks=quirks, overwrite=overwrite, **options
+    )
     started = time.perf_counter()
     counts = dict.fromkeys(NUCLEUS_TYPES.values(), 0)
     staging = _replacing_directory(out) if replace else atomic_directory(out)
@@ -164,18 +166,18 @@ def write_dataset(
         )
         manifest = {
             "generator": "histostain synth",
-            "histostain": __version__,
+            "provenance": record.to_dict(),
             "layout": layout,
             "n": n,
             "size": size,
             "seed": seed,
             "quirks": quirks,
             "options": options,
-            "command": list(command) if command is not None else None,
             "nuclei": counts,
             "quirk_records": writer.quirk_records,
         }
-        # No timings in the manifest: the same seed and options give byte-identical folders.
+        # No timings here: the same seed and options give byte-identical data files (only the provenance record,
+        # with its command line and creation time, differs between two runs).
         (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("wrote %d %s tiles to %s in %.1fs", n, layout, out, seconds)
     return summary

@@ -6,15 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from histostain.synth.constants import (
-    HER2_LEVELS,
-    KINDS,
-    MIN_SIZE,
-    NUCLEUS_TYPES,
-    PANNUKE_TISSUES,
-)
+from histostain.synth.constants import KINDS, MIN_SIZE, NUCLEUS_TYPES, PANNUKE_TISSUE_WEIGHTS
 from histostain.synth.layout import Layout, build_layout
 from histostain.synth.render import MARKERS, render_he, render_ihc
+from histostain.vocabulary import BCI_HER2_LEVELS
 
 DEFAULT_MPP = 0.25  # micrometres per pixel, 40x like PanNuke
 
@@ -60,7 +55,7 @@ class SynthTile:
 
     @property
     def her2_level(self) -> str:
-        return HER2_LEVELS[self.her2]
+        return BCI_HER2_LEVELS[self.her2]
 
     @property
     def centroids(self) -> np.ndarray:
@@ -131,7 +126,7 @@ def generate_tile(
         raise ValueError(f"marker must be one of {', '.join(MARKERS)}, got {marker!r}")
     if not inflammation >= 0:
         raise ValueError(f"inflammation must be >= 0, got {inflammation}")
-    if tissue is not None and tissue not in PANNUKE_TISSUES:
+    if tissue is not None and tissue not in PANNUKE_TISSUE_WEIGHTS:
         raise ValueError(f"tissue must be one of the 19 PanNuke names, got {tissue!r}")
     # Children built explicitly (``spawn`` would mutate the caller's SeedSequence and change on a second call).
     layout_seq, he_seq, ihc_seq, meta_seq = (
@@ -141,8 +136,8 @@ def generate_tile(
     names = list(KINDS)
     kind_drawn = names[int(meta.choice(len(names), p=np.array(list(KINDS.values()))))]
     her2_drawn = int(meta.integers(0, 4))
-    weights = np.array(list(PANNUKE_TISSUES.values()), dtype=np.float64)
-    tissue_drawn = list(PANNUKE_TISSUES)[int(meta.choice(len(weights), p=weights / weights.sum()))]
+    weights = np.array(list(PANNUKE_TISSUE_WEIGHTS.values()), dtype=np.float64)
+    tissue_drawn = list(PANNUKE_TISSUE_WEIGHTS)[int(meta.choice(len(weights), p=weights / weights.sum()))]
     kind = kind or kind_drawn
     her2 = her2_drawn if her2 is None else int(her2)
     tissue = tissue or tissue_drawn

@@ -29,12 +29,10 @@ from histostain.io.annotations.model import (
     _LEGACY_OBJECT_TYPES,
     GEOJSON_ID_NAMESPACE,
     GEOJSON_OBJECT_TYPES,
-    PANNUKE_TYPE_COLORS,
-    PANNUKE_TYPE_NAMES,
-    RGB,
     Nucleus,
 )
 from histostain.io.atomic import atomic_write_text
+from histostain.vocabulary import PANNUKE_TYPE_COLOURS, PANNUKE_TYPE_NAMES, RGB
 
 PathLike = str | os.PathLike[str]
 
@@ -67,7 +65,7 @@ def geojson_features(
             f"unknown QuPath object type {object_type!r}", hint=f"use one of {', '.join(GEOJSON_OBJECT_TYPES)}"
         )
     names = PANNUKE_TYPE_NAMES if type_names is None else type_names
-    colors = PANNUKE_TYPE_COLORS if type_colors is None else type_colors
+    colors = PANNUKE_TYPE_COLOURS if type_colors is None else type_colors
     nuclei = list(nuclei)
     _check_unique_ids(nuclei)
     features = []

@@ -12,22 +12,7 @@ import numpy as np
 PathLike = str | os.PathLike[str]
 
 
-RGB = tuple[int, int, int]
-
-# PanNuke classes in the order of the mask channels 0..4, as CellViT names and colours them (type 0 = background).
-PANNUKE_TYPE_NAMES: dict[int, str] = {1: "Neoplastic", 2: "Inflammatory", 3: "Connective", 4: "Dead", 5: "Epithelial"}
-PANNUKE_TYPE_COLORS: dict[int, RGB] = {
-    1: (255, 0, 0),
-    2: (34, 221, 77),
-    3: (35, 92, 236),
-    4: (254, 255, 0),
-    5: (255, 159, 68),
-}
-# EndoNuke class codes as the dataset authors use them (0 stroma, 1 epithelium, 2 other nuclei). The colours are
-# histostain's own choice; the dataset defines none.
-ENDONUKE_TYPE_NAMES: dict[int, str] = {0: "stroma", 1: "epithelium", 2: "other"}
-ENDONUKE_TYPE_COLORS: dict[int, RGB] = {0: (35, 92, 236), 1: (255, 0, 0), 2: (254, 255, 0)}
-
+# Class names and colours are the vocabulary's (``histostain.vocabulary``): PanNuke by default.
 # Fixed namespace of the deterministic GeoJSON feature ids (uuid5), so the same nuclei always get the same ids.
 GEOJSON_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://histostain/annotations/nucleus")
 

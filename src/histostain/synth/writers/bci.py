@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from histostain.io.images import write_image
-from histostain.synth.constants import HER2_LEVELS
 from histostain.synth.generate import SynthTile
 from histostain.synth.writers.base import LayoutWriter, TileSpec
+from histostain.vocabulary import BCI_HER2_LEVELS
 
 ROOT = "BCI_dataset"
 
@@ -26,7 +26,7 @@ class BCIWriter(LayoutWriter):
         for i in range(self.n):
             split = split_of(i, self.n)
             her2 = i % 4  # all four levels appear once the run has four tiles
-            name = f"{numbers[split]:05d}_{split}_{HER2_LEVELS[her2]}.png"
+            name = f"{numbers[split]:05d}_{split}_{BCI_HER2_LEVELS[her2]}.png"
             numbers[split] += 1
             kind = "tumour" if i % 4 != 3 else None  # HER2 slides are mostly tumour
             specs.append(TileSpec(i, self.size or 256, her2=her2, kind=kind, extra={"split": split, "name": name}))

@@ -19,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from histostain.io.images import write_image
-from histostain.synth.constants import ENDONUKE_ANNOTATORS
 from histostain.synth.generate import SynthTile
 from histostain.synth.writers.base import LayoutWriter, TileSpec
+from histostain.vocabulary import ENDONUKE_ANNOTATORS
 
 TILE_WIDTH_UM = 100.0
 FIRST_ID = 1000

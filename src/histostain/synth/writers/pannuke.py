@@ -27,9 +27,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from histostain.errors import ConfigError
-from histostain.synth.constants import NUCLEUS_TYPES, PANNUKE_TISSUES
+from histostain.synth.constants import NUCLEUS_TYPES
 from histostain.synth.generate import SynthTile
 from histostain.synth.writers.base import LayoutWriter, NpyStream, TileSpec
+from histostain.vocabulary import PANNUKE_TISSUES
 
 TISSUE_DTYPE = f"<U{max(len(name) for name in PANNUKE_TISSUES)}"
 QUIRK_PATCHES = {
