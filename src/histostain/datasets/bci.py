@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,18 +26,15 @@ from typing import Any
 import numpy as np
 
 from histostain.datasets.prepared import (
-    Manifest,
+    PreparedContent,
     PrepareSummary,
-    build_prepared,
-    check_existing,
-    fingerprint_source,
-    open_source,
+    SourceInfo,
+    prepare_dataset,
     split_groups,
-    write_manifest,
 )
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.images import read_image, write_image
-from histostain.provenance import Provenance, record_or_capture
+from histostain.provenance import Provenance
 from histostain.runtime.progress import track
 from histostain.vocabulary import BCI_HER2_LEVELS
 
@@ -101,43 +97,22 @@ def prepare_bci(
     Raises :class:`DatasetLayoutError` / :class:`InputError` naming the offending file, and
     :class:`ConfigError` for invalid options; on any error no ``out`` folder is left behind.
     """
-    started = time.perf_counter()
     source, out = Path(source), Path(out)
     _check_options(patch, size, val_fraction, seed)
     _check_out_outside_source(source, out)
-    info = fingerprint_source(source)
     options: dict[str, Any] = {"patch": patch, "size": size, "val_fraction": float(val_fraction), "seed": seed}
-    existing = check_existing(out, DATASET, info, options, overwrite)
-    if existing is not None:
-        log.info("%s already holds this BCI preparation; nothing to do", out)
-        return PrepareSummary.from_manifest(out, existing, skipped=True, seconds=time.perf_counter() - started)
 
-    with open_source(source, out.parent) as root:
+    def build(root: Path, folder: Path, info: SourceInfo) -> PreparedContent:
         dataset_root = locate_dataset_root(root, source)
         display = _Display(dataset_root.parent, f"{source.name}:" if info.kind == "zip" else "")
         counters: Counter[str] = Counter()
         pairs = scan_pairs(dataset_root, display, counters)
         check_sizes(pairs, patch, display, counters)
         assignment = assign_splits(pairs, val_fraction, seed)
-        with build_prepared(out, overwrite) as tmp:
-            samples = _write_patches(pairs, assignment, tmp, patch, size, display)
-            splits = {name: 0 for name in SPLIT_ORDER}
-            for record in samples:
-                splits[record["split"]] += 1
-            splits = {name: count for name, count in splits.items() if count}
-            manifest = Manifest(
-                dataset=DATASET,
-                source=info,
-                options=options,
-                splits=splits,
-                counters=dict(sorted(counters.items())),
-                samples=samples,
-                provenance=record_or_capture(provenance, **options).to_dict(),
-            )
-            write_manifest(tmp, manifest)
-    seconds = time.perf_counter() - started
-    log.info("prepared %d BCI pairs into %d patches in %.1fs", len(pairs), len(samples), seconds)
-    return PrepareSummary.from_manifest(out, manifest, skipped=False, seconds=seconds)
+        samples = _write_patches(pairs, assignment, folder, patch, size, display)
+        return PreparedContent(samples, dict(sorted(counters.items())))
+
+    return prepare_dataset(DATASET, source, out, options, build, overwrite=overwrite, provenance=provenance)
 
 
 # --------------------------------------------------------------------------------------------- validation

@@ -30,7 +30,6 @@ Rules (docs/commands/prepare-endonuke.md is the user-facing version):
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,21 +38,17 @@ from typing import Any
 import numpy as np
 
 from histostain.datasets.prepared import (
-    SPLIT_NAMES,
-    Manifest,
+    PreparedContent,
     PrepareSummary,
-    build_prepared,
-    check_existing,
-    fingerprint_source,
-    open_source,
+    SourceInfo,
     parse_fractions,
+    prepare_dataset,
     split_groups,
-    write_manifest,
 )
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.annotations import Nucleus, read_centroids_txt, write_centroids_txt
 from histostain.io.images import read_image, write_image
-from histostain.provenance import Provenance, record_or_capture
+from histostain.provenance import Provenance
 from histostain.runtime.progress import track
 from histostain.vocabulary import ENDONUKE_ANNOTATORS, ENDONUKE_CLASS_NAMES
 
@@ -123,12 +118,10 @@ def prepare_endonuke(
 
     Returns the summary; ``skipped`` is True when ``out`` already held exactly this preparation.
     """
-    started = time.perf_counter()
     source, out = Path(source), Path(out)
     split_fractions = parse_fractions(fractions)
     selected = _check_options(mpp, crops, crop_size, grid_overlap, seed, annotators)
     side = _output_side(mpp)
-    info = fingerprint_source(source)
     options: dict[str, Any] = {
         "mpp": float(mpp),
         "crops": crops,
@@ -138,12 +131,8 @@ def prepare_endonuke(
         "seed": int(seed),
         "annotators": selected,
     }
-    existing = check_existing(out, DATASET, info, options, overwrite)
-    if existing is not None:
-        log.info("%s already holds this EndoNuke preparation; nothing to do", out)
-        return PrepareSummary.from_manifest(out, existing, skipped=True, seconds=time.perf_counter() - started)
 
-    with open_source(source, out.parent) as root, build_prepared(out, overwrite) as tmp:
+    def build(root: Path, folder: Path, info: SourceInfo) -> PreparedContent:
         data_dir = _locate(root, str(source))
         paths = _Paths(data_dir.parent, f"{source.name}:" if info.kind == "zip" else "")
         counters: dict[str, int] = {}
@@ -153,21 +142,10 @@ def prepare_endonuke(
         samples: list[dict[str, Any]] = []
         counters.update(dropped_points=0, points_outside_all_crops=0)
         for tile in track(tiles, "Preparing EndoNuke tiles", total=len(tiles), unit="tile"):
-            samples += _convert_tile(tile, side, plans[tile.stem], assignment[tile.stem], tmp, counters, paths)
-        splits = {name: n for name in SPLIT_NAMES if (n := sum(s["split"] == name for s in samples))}
-        manifest = Manifest(
-            dataset=DATASET,
-            source=info,
-            options=options,
-            splits=splits,
-            counters=counters,
-            samples=samples,
-            provenance=record_or_capture(provenance, **options).to_dict(),
-        )
-        write_manifest(tmp, manifest)
-    seconds = time.perf_counter() - started
-    log.info("prepared %d EndoNuke tiles into %d samples in %.1fs", len(tiles), len(samples), seconds)
-    return PrepareSummary.from_manifest(out, manifest, skipped=False, seconds=seconds)
+            samples += _convert_tile(tile, side, plans[tile.stem], assignment[tile.stem], folder, counters, paths)
+        return PreparedContent(samples, counters)
+
+    return prepare_dataset(DATASET, source, out, options, build, overwrite=overwrite, provenance=provenance)
 
 
 def resample_points(points: np.ndarray, width: int, height: int, out_width: int, out_height: int) -> np.ndarray:

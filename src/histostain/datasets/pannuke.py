@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -31,19 +30,17 @@ from typing import Any
 
 from histostain.datasets.pannuke_masks import CONNECTIVITY, OVERLAP_RULE, convert_masks
 from histostain.datasets.prepared import (
-    Manifest,
+    PreparedContent,
     PrepareSummary,
-    build_prepared,
-    check_existing,
-    fingerprint_source,
+    SourceInfo,
     open_source,
     parse_fractions,
+    prepare_dataset,
     split_groups,
-    write_manifest,
 )
 from histostain.errors import ConfigError, DatasetLayoutError
 from histostain.io.npy import NpyChunkReader, NpyInfo, NpyWriter, inspect_npy
-from histostain.provenance import Provenance, record_or_capture
+from histostain.provenance import Provenance
 from histostain.runtime.progress import progress_task
 from histostain.vocabulary import PANNUKE_CLASSES, PANNUKE_TISSUES
 
@@ -307,38 +304,26 @@ def prepare_pannuke(
     folder of fold zips. ``split`` is ``official`` (test/val/train = one fold each) or ``random`` (by patch,
     ``fractions``, ``seed``). ``chunk`` patches are held in memory at a time (it does not change the output).
     """
-    started = time.perf_counter()
     source, out = Path(source), Path(out)
     options = _options(split, test_fold, val_fold, fractions, seed, chunk)
-    info = fingerprint_source(source)
-    existing = check_existing(out, DATASET, info, options, overwrite)
-    if existing is not None:
-        log.info("%s already holds this preparation; nothing to do", out)
-        return PrepareSummary.from_manifest(out, existing, skipped=True, seconds=time.perf_counter() - started)
 
-    with open_source(source, out.parent) as root, _locate_folds(root, out.parent) as folds:
-        for fold in folds:
-            _validate_fold(fold)
-        sizes = {fold.images.shape[1:3] for fold in folds if fold.images is not None}
-        if len(sizes) > 1:
-            raise DatasetLayoutError(
-                f"the folds have different patch sizes ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}); "
-                "expected one size"
-            )
-        assignment = _assign(folds, options)
-        with build_prepared(out, overwrite) as tmp:
-            manifest = _convert(folds, assignment, tmp, info, options, chunk)
-            manifest.provenance = record_or_capture(provenance, **options, chunk=chunk).to_dict()
-            write_manifest(tmp, manifest)
-    seconds = time.perf_counter() - started
-    log.info("prepared %d PanNuke patches into %s in %.1fs", sum(manifest.splits.values()), out, seconds)
-    return PrepareSummary.from_manifest(out, manifest, skipped=False, seconds=seconds)
+    def build(root: Path, folder: Path, info: SourceInfo) -> PreparedContent:
+        with _locate_folds(root, out.parent) as folds:
+            for fold in folds:
+                _validate_fold(fold)
+            sizes = {fold.images.shape[1:3] for fold in folds if fold.images is not None}
+            if len(sizes) > 1:
+                raise DatasetLayoutError(
+                    f"the folds have different patch sizes ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}); "
+                    "expected one size"
+                )
+            return _convert(folds, _assign(folds, options), folder, chunk)
+
+    return prepare_dataset(DATASET, source, out, options, build, overwrite=overwrite, provenance=provenance)
 
 
-def _convert(
-    folds: list[_Fold], assignment: dict[str, str], tmp: Path, info: Any, options: dict[str, Any], chunk: int
-) -> Manifest:
-    """Stream every fold through the conversion into the per-split arrays; return the manifest."""
+def _convert(folds: list[_Fold], assignment: dict[str, str], tmp: Path, chunk: int) -> PreparedContent:
+    """Stream every fold through the conversion into the per-split arrays; return the sample records."""
     import numpy as np
 
     height, width = folds[0].images.shape[1:3]  # type: ignore[union-attr]
@@ -419,14 +404,7 @@ def _convert(
     for key, value in counters.items():
         if value:
             log.info("PanNuke: %s = %d", key, value)
-    return Manifest(
-        dataset=DATASET,
-        source=info,
-        options=options,
-        splits={name: counts[name] for name in SPLITS if counts[name]},
-        counters=counters,
-        samples=samples,
-    )
+    return PreparedContent(samples, counters)
 
 
 def _first_bad(values: Any, bad: Any) -> int:

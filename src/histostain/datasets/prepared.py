@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.atomic import atomic_directory, atomic_write_text, remove_stale_partials
-from histostain.provenance import Provenance
+from histostain.provenance import Provenance, record_or_capture
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 PREPARED_FORMAT = "histostain-prepared"
@@ -242,6 +246,55 @@ class PrepareSummary:
             source_files=manifest.source.file_count,
             seconds=seconds,
         )
+
+
+@dataclass
+class PreparedContent:
+    """What a dataset's conversion wrote into the new folder: one record per sample and its counters."""
+
+    samples: list[dict[str, Any]]
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+def prepare_dataset(
+    dataset: str,
+    source: Path,
+    out: Path,
+    options: Mapping[str, Any],
+    build: Callable[[Path, Path, SourceInfo], PreparedContent],
+    *,
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+) -> PrepareSummary:
+    """The one preparation skeleton: fingerprint, no-op or refusal, build in a temporary folder, manifest last.
+
+    ``build(root, folder, source_info)`` reads the dataset under ``root`` (the source folder, or a zip extracted
+    safely into scratch space) and writes the splits into ``folder``; the manifest is written after it returns,
+    and the folder takes the name ``out`` only then. ``options`` are the output-defining options recorded and
+    compared on re-runs; ``provenance`` is the CLI's record (library callers get one made from ``options``).
+    """
+    started = time.perf_counter()
+    info = fingerprint_source(source)
+    existing = check_existing(out, dataset, info, options, overwrite)
+    if existing is not None:
+        log.info("%s already holds this %s preparation; nothing to do", out, dataset)
+        return PrepareSummary.from_manifest(out, existing, skipped=True, seconds=time.perf_counter() - started)
+    with open_source(source, out.parent) as root, build_prepared(out, overwrite) as folder:
+        content = build(root, folder, info)
+        splits = {name: n for name in SPLIT_NAMES if (n := sum(s["split"] == name for s in content.samples))}
+        manifest = Manifest(
+            dataset=dataset,
+            source=info,
+            options=dict(options),
+            splits=splits,
+            counters=dict(content.counters),
+            samples=content.samples,
+            provenance=record_or_capture(provenance, **options).to_dict(),
+        )
+        write_manifest(folder, manifest)
+    seconds = time.perf_counter() - started
+    log.info("prepared %d %s samples into %s in %.1fs", len(content.samples), dataset, out, seconds)
+    return PrepareSummary.from_manifest(out, manifest, skipped=False, seconds=seconds)
 
 
 def parse_fractions(text: str | Sequence[float], names: Sequence[str] = SPLIT_NAMES) -> dict[str, float]:
