@@ -6,7 +6,7 @@ cost as the published weights; the published file cannot be downloaded here) and
 
 * ``eager``: pytorch-fid's loop: decode in the main process, NCHW, ``torch.no_grad``;
 * ``channels_last``: the same, model and batches in channels_last memory, ``torch.inference_mode``;
-* ``workers``: histostain's :func:`~histostain.metrics.fid.extract_features` with NCHW and ``--workers``
+* ``workers``: histostain's :func:`~histostain.metrics.fid_features.extract_features` with NCHW and ``--workers``
   decoding/resizing processes overlapped with compute;
 * ``workers+channels_last``: the same in channels_last (what histostain does on CPU).
 
@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from histostain.io.images import list_images
-    from histostain.metrics.fid import extract_features
+    from histostain.metrics.fid_features import extract_features
     from histostain.metrics.inception import load_fid_inception
     from histostain.runtime import progress
     from histostain.runtime.device import DeviceManager

@@ -106,7 +106,8 @@ def bench_hovernet(rng: np.random.Generator, repeats: int) -> None:
 
 
 def bench_pannuke(rng: np.random.Generator, n: int, disk: bool, dtype: str) -> None:
-    from histostain.metrics.pannuke import TISSUES, pannuke_scores
+    from histostain.metrics.pannuke import pannuke_scores
+    from histostain.vocabulary import PANNUKE_TISSUES
 
     pool_true, pool_pred = [], []
     for _ in range(64):
@@ -116,7 +117,7 @@ def bench_pannuke(rng: np.random.Generator, n: int, disk: bool, dtype: str) -> N
         under = np.asarray(ndi.maximum(true, pred, ids), np.int64)  # a true id under each prediction (0: none)
         pred_classes = np.where(rng.random(ids.size) < 0.8, classes[under], rng.integers(0, 5, ids.size))
         pool_pred.append(to_masks(pred, pred_classes))
-    tissues = np.array([TISSUES[i % len(TISSUES)] for i in range(n)])
+    tissues = np.array([PANNUKE_TISSUES[i % len(PANNUKE_TISSUES)] for i in range(n)])
     if not disk:
         start = time.perf_counter()
         scores = pannuke_scores(CyclingMasks(pool_true, n), CyclingMasks(pool_pred, n), tissues)
@@ -153,8 +154,7 @@ def bench_pannuke(rng: np.random.Generator, n: int, disk: bool, dtype: str) -> N
 
 def child(folder: Path) -> None:
     """Run the full service on the files written by the parent; print seconds and memory as JSON."""
-    from histostain.metrics.instance import evaluate_instance
-    from histostain.metrics.report import EvaluationResult  # noqa: F401  (part of the import baseline)
+    from histostain.metrics.evaluate_instance import evaluate_instance  # with it, the import baseline
 
     import_mb = _peak_mb()
     start = time.perf_counter()

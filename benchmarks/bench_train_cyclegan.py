@@ -40,7 +40,8 @@ def child_step(args: argparse.Namespace) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from histostain.runtime.training import RunDirectory
-    from histostain.translation.train import CycleGANConfig, CycleGANTrainer
+    from histostain.translation.train_config import CycleGANConfig
+    from histostain.translation.trainer import CycleGANTrainer
 
     manager = _manager(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,7 +85,8 @@ def child_fit(args: argparse.Namespace) -> dict:
     from histostain.datasets.torch_data import TranslationPairs
     from histostain.runtime.training import RunDirectory
     from histostain.synth import write_dataset
-    from histostain.translation.train import CycleGANConfig, CycleGANTrainer
+    from histostain.translation.train_config import CycleGANConfig
+    from histostain.translation.trainer import CycleGANTrainer
 
     manager = _manager(args)
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,12 +39,12 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """Run torch single-threaded: test tensors are tiny, and on a shared 2-core machine OpenMP's spinning
-    threads make tiny forwards many times slower and erratic. Modules that never import torch are untouched;
-    the previous setting is restored afterwards."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
+    threads make tiny forwards many times slower and erratic. The previous setting is restored afterwards.
+
+    torch is imported here when a test module has not imported it yet (CLI tests import it only inside the
+    command), so every test starts with one thread."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

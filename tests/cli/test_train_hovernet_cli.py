@@ -8,26 +8,16 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 
-from histostain.cli import main
 from histostain.datasets.pannuke import prepare_pannuke
 from histostain.runtime.checkpoint import load_histostain_checkpoint
 from histostain.segmentation import load_hovernet
 from histostain.synth import write_dataset
 
+CLI = ["--quiet", "--device", "cpu"]  # global options: no progress output, and CPU even on a machine with a GPU
 # 64 px patches -> 40 px output with one dense unit per decoder stage; units are only settable in the config file
 TINY = ["--encoder-width", "0.125", "--decoder-width", "0.125", "--num-workers", "0"]
 TINY_TOML = "units = [1, 1, 1, 1]\ndecoder_units = [1, 1]\ntensorboard = false\n"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch):
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("HISTOSTAIN_NUM_THREADS", "1")  # the DeviceManager applies it
-    monkeypatch.setenv("HISTOSTAIN_DEVICE", "cpu")
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -45,24 +35,17 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(["--quiet", *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
+@pytest.mark.slow
 def test_train_hovernet_end_to_end_then_resume(
-    tmp_path: Path, prepared: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, prepared: Path, tiny_config: Path, run_cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("HISTOSTAIN_NUM_THREADS", "1")  # torch is first imported inside the command
     runs = tmp_path / "runs"
     options = ["--name", "smoke", "--runs-dir", str(runs), "--config", str(tiny_config)]
-    base = ["train", "hovernet", str(prepared), *options]
+    base = [*CLI, "train", "hovernet", str(prepared), *options]
     phases = ["--phase1-epochs", "1", "--phase2-epochs", "2", "--batch-size-phase1", "2", "--batch-size-phase2", "4"]
-    code, out, err = run([*base, *TINY, *phases, "--max-steps", "3", "--log-every", "1", "--sample-every", "1"], capsys)
+    first = [*base, *TINY, *phases, "--max-steps", "3", "--log-every", "1", "--sample-every", "1"]
+    code, out, err = run_cli(first)
     assert code == 0, err
     assert "max_steps" in out and "fast mode, 6 types" in out and "val np_dice" in out and "last checkpoint" in out
     folder = runs / "smoke"
@@ -74,7 +57,7 @@ def test_train_hovernet_end_to_end_then_resume(
         4,
         3,
     )
-    assert config["run"]["command"][:5] == ["histostain", "train", "hovernet", str(prepared), "--name"]
+    assert config["run"]["command"] == ["histostain", *first]
     assert config["run"]["output_size"] == 40 and config["run"]["init"] == "from scratch"
     with (folder / "metrics.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -88,8 +71,9 @@ def test_train_hovernet_end_to_end_then_resume(
     assert (payload["step"], payload["phase"]) == (3, 2)
     model, info = load_hovernet(folder / "checkpoints" / "last.pt", mode="fast", num_types=6)
     assert info.format == "histostain" and model.encoder_width == 0.125
+    assert (info.mpp, info.class_names[5], payload["geometry"]["patch_out"]) == (0.25, "Epithelial", 40)
 
-    code, out, err = run([*base, "--resume", "--max-steps", "4", "--json"], capsys)
+    code, out, err = run_cli([*base, "--resume", "--max-steps", "4", "--json"])
     assert code == 0, err
     summary = json.loads(out)
     # 4 train patches: phase 1 = 2 steps of 2, phase 2 = 2 epochs of one step of 4; step 4 ends the run
@@ -97,13 +81,15 @@ def test_train_hovernet_end_to_end_then_resume(
     assert summary["config"]["batch_size_phase2"] == 4
     assert summary["config"]["units"] == [1, 1, 1, 1]  # kept from the run's own config.toml
 
-    code, _, err = run([*base, "--resume", "--batch-size-phase2", "8"], capsys)
+    code, _, err = run_cli([*base, "--resume", "--batch-size-phase2", "8"])
     assert code == 2 and "cannot change batch_size_phase2 when resuming" in err
 
 
+@pytest.mark.slow
 def test_init_from_a_checkpoint_and_bad_inputs_are_one_line_errors(
-    tmp_path: Path, prepared: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, prepared: Path, tiny_config: Path, run_cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("HISTOSTAIN_NUM_THREADS", "1")  # torch is first imported inside the command
     from histostain.segmentation.compat import save_hovernet
     from histostain.segmentation.hovernet import HoVerNet
 
@@ -111,13 +97,13 @@ def test_init_from_a_checkpoint_and_bad_inputs_are_one_line_errors(
     weights = save_hovernet(source, tmp_path / "init.pt")
     runs = tmp_path / "runs"
     common = [str(prepared), "--runs-dir", str(runs), "--config", str(tiny_config), *TINY]
-    args = ["train", "hovernet", *common, "--name", "ok", "--init", str(weights), "--max-steps", "1"]
-    code, out, err = run(args, capsys)
+    args = [*CLI, "train", "hovernet", *common, "--name", "ok", "--init", str(weights), "--max-steps", "1"]
+    code, out, err = run_cli(args)
     assert code == 0, err
     payload = load_histostain_checkpoint(runs / "ok" / "checkpoints" / "last.pt")
     assert payload["init"]["kind"] == "hovernet" and payload["init"]["missing"] == 0
     weights.unlink()  # a resumed run takes its weights from the checkpoint; the init file may be gone
-    code, _, err = run([*args[:-1], "2", "--resume"], capsys)
+    code, _, err = run_cli([*args[:-1], "2", "--resume"])
     assert code == 0, err
     payload = load_histostain_checkpoint(runs / "ok" / "checkpoints" / "last.pt")
     assert payload["step"] == 2 and payload["init"]["path"] == str(weights)
@@ -126,20 +112,20 @@ def test_init_from_a_checkpoint_and_bad_inputs_are_one_line_errors(
 
     wrong = HoVerNet("fast", 6, encoder_width=0.25, units=(1, 1, 1, 1), decoder_width=0.125, decoder_units=(1, 1))
     bad = save_hovernet(wrong, tmp_path / "wrong.pt")
-    code, _, err = run(["train", "hovernet", *common, "--name", "bad", "--init", str(bad)], capsys)
+    code, _, err = run_cli([*CLI, "train", "hovernet", *common, "--name", "bad", "--init", str(bad)])
     assert code == 2 and "this checkpoint is fast mode with 6 types" in err and "Traceback" not in err
     assert not (runs / "bad").exists()
 
-    code, _, err = run(["train", "hovernet", *common, "--name", "m", "--mode", "original"], capsys)
+    code, _, err = run_cli([*CLI, "train", "hovernet", *common, "--name", "m", "--mode", "original"])
     assert code == 2 and "does not fit HoVer-Net original" in err
-    code, _, err = run(["train", "hovernet", *common, "--name", "m", "--mode", "slow"], capsys)
+    code, _, err = run_cli([*CLI, "train", "hovernet", *common, "--name", "m", "--mode", "slow"])
     assert code == 2 and "mode" in err
-    code, _, err = run(["train", "hovernet", str(tmp_path / "nowhere"), "--name", "m", *TINY], capsys)
+    code, _, err = run_cli([*CLI, "train", "hovernet", str(tmp_path / "nowhere"), "--name", "m", *TINY])
     assert code == 2 and "nowhere" in err
 
 
-def test_train_help_lists_both_trainers(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["train", "--help"], capsys)
+def test_train_help_lists_both_trainers(run_cli) -> None:
+    code, out, _ = run_cli(["train", "--help"])
     assert code == 0 and "cyclegan" in out and "hovernet" in out
-    code, out, _ = run(["train", "hovernet", "--help"], capsys)
+    code, out, _ = run_cli(["train", "hovernet", "--help"])
     assert code == 0 and "--phase1-epochs" in out and "--init" in out and "--max-steps" in out

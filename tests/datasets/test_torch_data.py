@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import pickle
 import re
 import zlib
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from histostain.datasets.augment import dihedral, dihedral_points
+from histostain.datasets.augment import dihedral, dihedral_points, random_dihedral
 from histostain.datasets.prepared import Manifest, SourceInfo, write_manifest
 from histostain.datasets.torch_data import KeypointSamples, NucleiSamples, TranslationPairs, collate_keypoints
 from histostain.errors import ConfigError, DatasetLayoutError
@@ -239,6 +240,39 @@ def test_nuclei_augmentation_moves_image_and_maps_together(pannuke: Path) -> Non
             assert np.array_equal(sample["inst_map"].numpy(), dihedral(inst[i], k))
             assert np.array_equal(sample["type_map"].numpy(), dihedral(types[i], k))
     assert seen == set(range(8))
+
+
+def test_nuclei_arrays_are_the_same_sample_in_uint8(pannuke: Path) -> None:
+    images, inst, types = pannuke_split(4, 12, 1)
+    data = NucleiSamples(pannuke, "train", seed=4)
+    for epoch in range(3):
+        data.set_epoch(epoch)
+        for i in range(4):
+            arrays, sample = data.arrays(i), data[i]
+            k = random_dihedral(np.random.default_rng([4, epoch, i]))  # the dataset's draw for (seed, epoch, index)
+            assert arrays.image.dtype == np.uint8 and np.array_equal(arrays.image, dihedral(images[i], k))
+            assert np.array_equal(arrays.inst_map, dihedral(inst[i], k)) and arrays.inst_map.dtype == np.int32
+            assert np.array_equal(arrays.type_map, dihedral(types[i], k))
+            assert np.array_equal(to_uint8(sample["image"], False), arrays.image)  # the tensor sample agrees
+            assert (arrays.id, arrays.tissue) == (sample["id"], sample["tissue"])
+
+
+def test_nuclei_scale_and_class_names_come_from_the_manifest_when_recorded(pannuke: Path) -> None:
+    data = NucleiSamples(pannuke, "train")
+    assert data.mpp is None  # not recorded: the trainer falls back to the published scale
+    assert data.class_names == {
+        0: "Background",
+        1: "Neoplastic",
+        2: "Inflammatory",
+        3: "Connective",
+        4: "Dead",
+        5: "Epithelial",
+    }
+    recorded = json.loads((pannuke / "manifest.json").read_text())
+    recorded["options"] = {"mpp": 0.5, "class_names": {"0": "none", "1": "tumour"}}
+    (pannuke / "manifest.json").write_text(json.dumps(recorded))
+    data = NucleiSamples(pannuke, "train")
+    assert (data.mpp, data.class_names) == (0.5, {0: "none", 1: "tumour"})
 
 
 def test_nuclei_colour_jitter_leaves_maps_alone(pannuke: Path) -> None:

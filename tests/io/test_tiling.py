@@ -1,4 +1,4 @@
-"""Tests for histostain.io.tiling: grid planning, reflect padding and seam-free stitching."""
+"""Tests for histostain.io.tiling: grid planning, whole-image plans, tile batching, reflect padding, stitching."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from histostain.errors import ConfigError
+from histostain.errors import ConfigError, InputError
 from histostain.io.tiling import (
+    MIN_SIDE,
     Stitcher,
+    TileBatcher,
     iter_tiles,
     pad_to_grid,
+    plan_image,
     plan_tiles,
     reflect_indices,
     window_1d,
@@ -97,6 +100,87 @@ def test_overlap_bounded_by_output_tile_in_margin_mode() -> None:
     plan_tiles(100, 100, 64, 43, margin=10)  # output tile 44
     with pytest.raises(ConfigError, match="44"):
         plan_tiles(100, 100, 64, 44, margin=10)
+
+
+# ------------------------------------------------------------------------------------ whole-image plans
+
+
+def test_plan_keeps_overlap_overhead_low_and_tiles_legal() -> None:
+    whole = plan_image(256, 256)
+    assert whole.grid is None and whole.overhead == 0.0
+    big = plan_image(2048, 2048)
+    assert big.grid is not None and big.padded[0] <= 512 and big.padded[0] % 4 == 0 and big.grid.overlap == 64
+    # naive grid of 512 tiles at stride 448 would compute 25 * 512^2 = 56% extra; the fitted tile far less
+    assert big.overhead < 0.30
+    assert plan_image(1000, 700).overhead < 0.30
+    assert plan_image(30, 10).padded == (32, 16)
+    # the figures docs/commands/translate.md quotes
+    assert (big.tiles, big.padded[0]) == (25, 464)
+    assert (plan_image(1000, 700).tiles, plan_image(1000, 700).padded[0]) == (6, 384)
+    assert (plan_image(768, 768).tiles, plan_image(768, 768).padded[0]) == (4, 416)
+
+
+def _tiles_along(size: int, side: int, overlap: int) -> int:
+    n = 1
+    while (n - 1) * (side - overlap) + side < size:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_plan_picks_the_cheapest_legal_side(seed: int) -> None:
+    """Brute force over every side by covering each axis tile by tile (no shared counting code)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(15):
+        height, width = (int(v) for v in rng.integers(100, 3000, size=2))
+        tile, overlap = int(rng.choice([128, 256, 512])), int(rng.choice([0, 8, 32]))
+        plan = plan_image(height, width, tile, overlap)
+
+        sides = [s for s in range(MIN_SIDE, tile + 1, 4) if s >= tile // 2 and s >= 2 * overlap + 4]
+        costs = {s: _tiles_along(height, s, overlap) * _tiles_along(width, s, overlap) * s * s for s in sides}
+        if max(height, width) <= tile:
+            assert plan.grid is None
+            continue
+        assert plan.grid is not None and plan.computed_pixels == min(costs.values())
+        assert plan.padded[0] == max(s for s, c in costs.items() if c == min(costs.values()))  # ties: larger
+
+
+def test_plan_rejects_impossible_settings_and_empty_images() -> None:
+    with pytest.raises(ConfigError):
+        plan_image(100, 100, tile=128, overlap=64)
+    with pytest.raises(ConfigError):
+        plan_image(100, 100, tile=8)
+    with pytest.raises(ConfigError, match="at most 62"):
+        plan_image(1000, 1000, tile=128, overlap=63)  # used to end in a bare AssertionError
+    assert plan_image(1000, 1000, tile=128, overlap=62).grid is not None
+    with pytest.raises(InputError):
+        plan_image(0, 10)
+
+
+def test_batcher_stacks_equal_shapes_across_owners_in_order() -> None:
+    shapes: list[tuple[int, ...]] = []
+    delivered: list[tuple[str, int, np.ndarray]] = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        shapes.append(batch.shape)
+        return batch * 2
+
+    batcher: TileBatcher[str] = TileBatcher(forward, 3, lambda o, i, out: delivered.append((o, i, out)))
+    rng = np.random.default_rng(0)
+    added = [("A", 0, 8), ("A", 1, 8), ("A", 2, 8), ("B", 0, 8), ("C", 0, 12), ("C", 1, 12), ("D", 0, 8)]
+    tiles = {(o, i): rng.integers(0, 100, (s, s, 3)) for o, i, s in added}
+    for owner, index, _ in added:
+        batcher.add(owner, index, tiles[(owner, index)])
+    assert shapes == [(3, 8, 8, 3), (1, 8, 8, 3), (2, 12, 12, 3)]  # full; shape change; shape change
+    batcher.flush()
+    assert shapes[-1] == (1, 8, 8, 3)
+    assert [(o, i) for o, i, _ in delivered] == [(o, i) for o, i, _ in added]
+    for owner, index, output in delivered:
+        np.testing.assert_array_equal(output, tiles[(owner, index)] * 2)
+    batcher.flush()  # nothing pending: no empty forward
+    assert len(shapes) == 4
+    with pytest.raises(ConfigError):
+        TileBatcher(forward, 0)
 
 
 # ---------------------------------------------------------------------------------------------- padding

@@ -14,20 +14,23 @@ from hypothesis import strategies as st
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.annotations import Nucleus, write_annotations, write_centroids_txt, write_csv
-from histostain.metrics.detection import (
-    DetectionCounts,
-    ImagePoints,
-    class_scores,
-    evaluate_celldet,
-    evaluate_points,
-    match_points,
-)
+from histostain.metrics.detection import DetectionCounts, ImagePoints, match_points, score_detection
+from histostain.metrics.evaluate_celldet import evaluate_celldet
 
 # --------------------------------------------------------------------------------------------- helpers
 
 
 def _img(xy, labels=None, scores=None) -> ImagePoints:
     return ImagePoints(np.asarray(xy, dtype=float).reshape(-1, 2), labels, scores)
+
+
+def _score(images, radius=12.0, **options):
+    """score_detection over (true, pred) pairs: the array-level entry point."""
+    return score_detection([t for t, _ in images], [p for _, p in images], radius=radius, **options)
+
+
+def _counts(result) -> tuple[int, int, int]:
+    return result.summary["tp"], result.summary["fp"], result.summary["fn"]
 
 
 def _write_txt(path: Path, points, classes=None) -> Path:
@@ -102,12 +105,12 @@ def test_counts_are_pooled_over_images_not_averaged() -> None:
         (_img([(10, 10)]), _img([(11, 10)])),
         (_img([(10, 10), (50, 50)]), _img([(200, 200)])),
     ]
-    outcome = evaluate_points(images, 12.0)
-    assert [(c.tp, c.fp, c.fn) for c in outcome.per_image] == [(1, 0, 0), (0, 1, 2)]
-    assert (outcome.total.tp, outcome.total.fp, outcome.total.fn) == (1, 1, 2)
-    assert outcome.total.f1 == pytest.approx(2 / 5)  # 2*1 / (2*1 + 1 + 2); the per-image mean would be 0.5
-    assert outcome.total.precision == pytest.approx(1 / 2)
-    assert outcome.total.recall == pytest.approx(1 / 3)
+    result = _score(images)
+    assert [(r["tp"], r["fp"], r["fn"]) for r in result.per_image] == [(1, 0, 0), (0, 1, 2)]
+    assert _counts(result) == (1, 1, 2)
+    assert result.summary["f1"] == pytest.approx(2 / 5)  # 2*1 / (2*1 + 1 + 2); the per-image mean would be 0.5
+    assert result.summary["precision"] == pytest.approx(1 / 2)
+    assert result.summary["recall"] == pytest.approx(1 / 3)
 
 
 # --------------------------------------------------------------------------------------------- empty images
@@ -122,31 +125,29 @@ def _empty_case() -> list[tuple[ImagePoints, ImagePoints]]:
 
 
 def test_empty_images_without_dummy_points() -> None:
-    outcome = evaluate_points(_empty_case(), 12.0)
-    assert (outcome.total.tp, outcome.total.fp, outcome.total.fn) == (1, 1, 1)
-    assert outcome.total.f1 == pytest.approx(0.5)
-    assert outcome.dummies == 0
+    result = _score(_empty_case())
+    assert _counts(result) == (1, 1, 1)
+    assert result.summary["f1"] == pytest.approx(0.5)
+    assert result.meta["empty_images"] == {"true": 1, "pred": 1, "dummy_points": 0}
 
 
 def test_empty_images_with_seed_dummy_points() -> None:
     # Seed: a dummy (0, 0) on each empty side. Image 1: dummy GT vs pred (50, 50), 70.7 px apart: +1 FN, +1 FP.
     # Image 2: dummy pred vs GT (60, 60): +1 FP, +1 FN. Image 3: 1 TP. Total TP 1, FP 2, FN 2.
-    outcome = evaluate_points(_empty_case(), 12.0, compat="seed")
-    assert (outcome.total.tp, outcome.total.fp, outcome.total.fn) == (1, 2, 2)
-    assert outcome.total.precision == pytest.approx(1 / 3) and outcome.total.recall == pytest.approx(1 / 3)
-    assert outcome.dummies == 2
+    result = _score(_empty_case(), compat="seed")
+    assert _counts(result) == (1, 2, 2)
+    assert result.summary["precision"] == pytest.approx(1 / 3) and result.summary["recall"] == pytest.approx(1 / 3)
+    assert result.meta["empty_images"]["dummy_points"] == 2
+    assert any("2 dummy point(s)" in w for w in result.warnings)
 
 
 def test_seed_dummy_quirks_both_empty_and_near_origin() -> None:
     both_empty = [(_img([]), _img([]))]
-    assert math.isnan(evaluate_points(both_empty, 12.0).total.f1)
-    seed = evaluate_points(both_empty, 12.0, compat="seed").total
-    assert (seed.tp, seed.fp, seed.fn) == (1, 0, 0)  # the two dummies match each other: a free TP
+    assert math.isnan(_score(both_empty).summary["f1"])
+    assert _counts(_score(both_empty, compat="seed")) == (1, 0, 0)  # the two dummies match each other: a free TP
     near_origin = [(_img([]), _img([(5, 0)]))]
-    ours = evaluate_points(near_origin, 12.0).total
-    assert (ours.tp, ours.fp, ours.fn) == (0, 1, 0)
-    seed = evaluate_points(near_origin, 12.0, compat="seed").total
-    assert (seed.tp, seed.fp, seed.fn) == (1, 0, 0)  # the FP turns into a TP against the dummy GT
+    assert _counts(_score(near_origin)) == (0, 1, 0)
+    assert _counts(_score(near_origin, compat="seed")) == (1, 0, 0)  # the FP turns into a TP against the dummy GT
 
 
 # --------------------------------------------------------------------------------------------- per class
@@ -163,16 +164,16 @@ def _class_case():
 
 def test_per_class_conic_weighting_by_hand() -> None:
     (txy, tl), (pxy, pl) = _class_case()
-    outcome = evaluate_points([(_img(txy, tl), _img(pxy, pl))], 12.0)
+    rows = {r["class"]: r for r in _score([(_img(txy, tl), _img(pxy, pl))]).tables["per_class"]}
     # class 1: pairs involving 1: (1,1) (1,1) (1,2): tp 2, fp_dt 0, fn_dt 1; fp_d 1, fn_d 0.
     # F1 = 2*2 / (2*2 + 2*0 + 2*1 + 1 + 0) = 4/7; P = 2 / (2 + 2*0 + 1) = 2/3; R = 2 / (2 + 2*1 + 0) = 1/2.
-    c1 = class_scores(outcome.paired_true, outcome.paired_pred, outcome.unpaired_true, outcome.unpaired_pred, 1)
+    c1 = rows[1]
     assert (c1["tp"], c1["fp_dt"], c1["fn_dt"], c1["fp_d"], c1["fn_d"]) == (2, 0, 1, 1, 0)
     assert c1["f1"] == pytest.approx(4 / 7)
     assert c1["precision"] == pytest.approx(2 / 3) and c1["recall"] == pytest.approx(1 / 2)
     # class 2: pairs involving 2: (1,2) (2,2): tp 1, fp_dt 1, fn_dt 0; fp_d 0, fn_d 1.
     # F1 = 2 / (2 + 2*1 + 0 + 0 + 1) = 2/5; P = 1 / (1 + 2) = 1/3; R = 1 / (1 + 0 + 1) = 1/2.
-    c2 = class_scores(outcome.paired_true, outcome.paired_pred, outcome.unpaired_true, outcome.unpaired_pred, 2)
+    c2 = rows[2]
     assert (c2["tp"], c2["fp_dt"], c2["fn_dt"], c2["fp_d"], c2["fn_d"]) == (1, 1, 0, 0, 1)
     assert c2["f1"] == pytest.approx(2 / 5)
     assert c2["precision"] == pytest.approx(1 / 3) and c2["recall"] == pytest.approx(1 / 2)
@@ -251,8 +252,8 @@ def test_score_thresholds(tmp_path: Path) -> None:
 
 def test_threshold_at_exact_score_keeps_the_prediction() -> None:
     images = [(_img([(0, 0)]), _img([(0, 0)], scores=[0.5]))]
-    assert evaluate_points(images, 12.0, threshold=0.5).total.tp == 1
-    assert evaluate_points(images, 12.0, threshold=0.50001).total.tp == 0
+    kept, dropped = _score(images, thresholds=[0.5, 0.50001]).tables["per_threshold"]
+    assert kept["tp"] == 1 and dropped["tp"] == 0
 
 
 # --------------------------------------------------------------------------------------------- radius options
@@ -379,12 +380,12 @@ def _point_sets(draw):
 @given(_point_sets())
 def test_swapping_true_and_pred_swaps_precision_and_recall(case) -> None:
     true, pred, radius = case
-    forward = evaluate_points([(_img(true), _img(pred))], radius).total
-    backward = evaluate_points([(_img(pred), _img(true))], radius).total
-    assert (forward.tp, forward.fp, forward.fn) == (backward.tp, backward.fn, backward.fp)
-    assert np.isclose(forward.precision, backward.recall, equal_nan=True)
-    assert np.isclose(forward.recall, backward.precision, equal_nan=True)
-    assert np.isclose(forward.f1, backward.f1, equal_nan=True)
+    forward = _score([(_img(true), _img(pred))], radius).summary
+    backward = _score([(_img(pred), _img(true))], radius).summary
+    assert (forward["tp"], forward["fp"], forward["fn"]) == (backward["tp"], backward["fn"], backward["fp"])
+    assert np.isclose(forward["precision"], backward["recall"], equal_nan=True)
+    assert np.isclose(forward["recall"], backward["precision"], equal_nan=True)
+    assert np.isclose(forward["f1"], backward["f1"], equal_nan=True)
 
 
 _coords = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=10)
@@ -410,3 +411,85 @@ def test_pairs_are_one_to_one_within_radius_and_bounded(true, pred, radius) -> N
     # identical point sets match completely whenever they are not empty
     same, _, _ = match_points(true_xy, true_xy, radius)
     assert len(same) == len(true_xy)
+
+
+# --------------------------------------------------------------------------------------------- array level
+
+
+def _random_images(seed: int, n_images: int = 12) -> list[tuple[ImagePoints, ImagePoints]]:
+    """Typed, scored point sets with empty images on either side; coordinates on a 0.25 px grid (exact in txt)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(n_images):
+        n_true, n_pred = (0, 5) if index == 0 else (4, 0) if index == 1 else rng.integers(0, 20, 2)
+        true_xy = np.round(rng.uniform(0, 120, (n_true, 2)) * 4) / 4
+        near = true_xy[: n_pred // 2] + np.round(rng.normal(0, 5, (min(n_pred // 2, n_true), 2)) * 4) / 4
+        far = np.round(rng.uniform(0, 120, (n_pred - len(near), 2)) * 4) / 4
+        pred_xy = np.concatenate([near, far]).reshape(-1, 2)
+        images.append(
+            (
+                _img(true_xy, rng.integers(0, 3, n_true)),
+                _img(pred_xy, rng.integers(0, 3, len(pred_xy)), np.round(rng.uniform(0, 1, len(pred_xy)), 3)),
+            )
+        )
+    return images
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"thresholds": [0.25, 0.5, 0.75], "class_map": {0: 3, 1: 5}, "pred_class_map": {0: 3, 1: 5}},
+        {"compat": "seed", "thresholds": [0.5], "radius": 6.0},
+    ],
+)
+def test_files_and_arrays_give_identical_results(tmp_path: Path, options: dict) -> None:
+    """evaluate_celldet reads files and feeds the same scorer as score_detection: every number is the same."""
+    images = _random_images(3)
+    stems = [f"tile_{i:02d}" for i in range(len(images))]
+    for stem, (true, pred) in zip(stems, images, strict=True):
+        _write_txt(tmp_path / "gt" / f"{stem}.txt", true.xy.tolist(), true.labels.tolist())
+        _write(tmp_path / "pred" / f"{stem}.csv", pred.xy.tolist(), pred.labels.tolist(), pred.scores.tolist())
+    from_files = evaluate_celldet(tmp_path / "gt", tmp_path / "pred", **options)
+    from_arrays = score_detection([t for t, _ in images], [p for _, p in images], names=stems, **options)
+    assert from_files.summary["tp"] > 0 and from_files.tables["per_class"]  # a case with something to compare
+    assert from_files.to_json()["summary"] == from_arrays.to_json()["summary"]
+    assert from_files.to_json()["per_image"] == from_arrays.to_json()["per_image"]
+    assert from_files.to_json()["tables"] == from_arrays.to_json()["tables"]
+    for key in ("radius_px", "matching", "pooling", "compat", "empty_images", "classes", "class_weights"):
+        assert from_files.meta[key] == from_arrays.meta[key], key
+    assert from_arrays.provenance is None and from_files.provenance is not None
+
+
+def test_scorer_accepts_plain_coordinate_arrays_and_keeps_only_counts() -> None:
+    from histostain.metrics.detection import DetectionScorer
+
+    scorer = DetectionScorer(radius=5.0)
+    assert scorer.add("a", np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[1.0, 0.0]]))["tp"] == 1
+    assert scorer.add("b", np.zeros((0, 2)), np.array([[3.0, 3.0]]))["fp"] == 1
+    result = scorer.result()
+    assert _counts(result) == (1, 1, 1) and result.summary["n_images"] == 2
+    assert "per_class" not in result.tables  # plain coordinates carry no classes
+    assert result.meta["empty_images"] == {"true": 1, "pred": 0, "dummy_points": 0}
+
+
+def test_score_detection_argument_errors() -> None:
+    with pytest.raises(ValueError, match="2 ground-truth images but 1"):
+        score_detection([np.zeros((0, 2))] * 2, [np.zeros((0, 2))])
+    with pytest.raises(ValueError, match="1 names for 2 images"):
+        score_detection([np.zeros((0, 2))] * 2, [np.zeros((0, 2))] * 2, names=["a"])
+    with pytest.raises(ConfigError, match="radius"):
+        score_detection([], [], radius=-1.0)
+    with pytest.raises(ConfigError, match="compat"):
+        score_detection([], [], compat="celldetr")
+    with pytest.raises(ConfigError, match="thresholds"):
+        score_detection([], [], thresholds=[math.nan])
+
+
+def test_library_callers_get_a_provenance_record_of_their_arguments(tmp_path: Path) -> None:
+    _write_txt(tmp_path / "gt" / "a.txt", [(1, 1)])
+    _write_txt(tmp_path / "pred" / "a.txt", [(1, 2)])
+    record = evaluate_celldet(tmp_path / "gt", tmp_path / "pred", radius=3.0).provenance
+    assert record is not None and record.command  # sys.argv of the calling process
+    assert record.options["radius"] == 3.0 and record.options["true"] == str(tmp_path / "gt")
+    assert record.options["compat"] == "histostain"

@@ -1,4 +1,7 @@
-"""FID / KID: closed forms, the unbiased MMD^2 by hand, statistics files, and the services on synthetic tiles."""
+"""FID / KID: closed forms, the unbiased MMD^2 by hand, statistics files, and the services on synthetic tiles.
+
+The comparison with pytorch-fid itself (features, distance, folder pipeline) is test_fid_pytorch_fid.py.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from histostain.errors import ConfigError, InputError, WeightsError
 from histostain.io.images import write_image
 from histostain.metrics import fid as fid_module
+from histostain.metrics.evaluate_fid import evaluate_fid, evaluate_kid, write_stats
 from histostain.metrics.fid import (
-    ImageTensorDataset,
-    _collate,
     compute_statistics,
     covariance_factor,
-    evaluate_fid,
-    evaluate_kid,
+    fid_from_features,
     frechet_distance,
     kid_from_features,
 )
+from histostain.metrics.fid_features import ImageTensorDataset, collate, resolve_num_workers
 from histostain.metrics.inception import FID_WEIGHTS_URL
 from histostain.runtime.device import DeviceManager
 
@@ -36,11 +37,6 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fid_tiles")
     write_dataset("tiles", root / "tiles", 3, 64, seed=3)
     return root / "tiles"
-
-
-@pytest.fixture(scope="module")
-def cpu() -> DeviceManager:
-    return DeviceManager.create("cpu", "fp32")
 
 
 def _spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
@@ -71,16 +67,6 @@ def test_frechet_commuting_covariances_closed_form() -> None:
     assert rotated == pytest.approx(expected, rel=1e-9)
 
 
-def test_frechet_general_case_matches_scipy_sqrtm() -> None:
-    rng = np.random.default_rng(1)
-    d = 24
-    s1, s2 = _spd(rng, d), _spd(rng, d)
-    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
-    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
-
-
 def test_frechet_identical_and_symmetric_even_when_rank_deficient() -> None:
     rng = np.random.default_rng(2)
     d = 64
@@ -103,12 +89,17 @@ def test_frechet_small_sample_routes_agree_with_the_full_route(n1: int, n2: int)
     (mu1, s1), (mu2, s2) = compute_statistics(f1), compute_statistics(f2)
     a1, a2 = covariance_factor(f1, mu1), covariance_factor(f2, mu2)
     np.testing.assert_allclose(a1.T @ a1, s1, atol=1e-12)
-    full = frechet_distance(mu1, s1, mu2, s2)
-    if n1 >= d and n2 >= d:  # well-conditioned: scipy's sqrtm is a trustworthy independent reference
-        ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
-        assert full == pytest.approx(ref, rel=1e-9)
+    full = frechet_distance(mu1, s1, mu2, s2)  # the d x d route, tied to pytorch-fid in test_fid_pytorch_fid.py
     for kwargs in ({"factor1": a1}, {"factor2": a2}, {"factor1": a1, "factor2": a2}):
         assert frechet_distance(mu1, s1, mu2, s2, **kwargs) == pytest.approx(full, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(5, 9), (50, 8), (60, 70)])
+def test_fid_from_features_is_the_frechet_distance_of_the_statistics(n1: int, n2: int) -> None:
+    rng = np.random.default_rng(n1 * n2)
+    f1, f2 = rng.normal(size=(n1, 40)), rng.normal(size=(n2, 40)) * 0.7 - 0.1
+    (mu1, s1), (mu2, s2) = compute_statistics(f1), compute_statistics(f2)
+    assert fid_from_features(f1, f2) == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=1e-9, abs=1e-9)
 
 
 def test_frechet_rejects_mismatched_dimensions() -> None:
@@ -205,19 +196,20 @@ def test_dataset_resizes_each_image_and_reports_unreadable_files(tmp_path: Path)
     write_image(tmp_path / "b.png", rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
     (tmp_path / "c.png").write_bytes(b"not a png")
     dataset = ImageTensorDataset([tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"])
-    batch, error = _collate([dataset[0], dataset[1]])
+    batch, error = collate([dataset[0], dataset[1]])
     assert error is None and batch is not None and batch.shape == (2, 3, 299, 299)
     reference = torch.nn.functional.interpolate(
         torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255, size=(299, 299), mode="bilinear"
     )
     torch.testing.assert_close(batch[:1], reference, rtol=0, atol=1e-6)
-    _, error = _collate([dataset[0], dataset[2]])
+    _, error = collate([dataset[0], dataset[2]])
     assert error is not None and "c.png" in error
 
 
 # --------------------------------------------------------------------------------------------------- services
 
 
+@pytest.mark.slow
 def test_fid_of_a_folder_with_itself_is_zero(tiles: Path, fid_weights: Path, cpu: DeviceManager) -> None:
     result = evaluate_fid(tiles / "he", tiles / "he", device=cpu, weights=fid_weights, num_workers=0)
     assert result.metric == "fid"
@@ -231,6 +223,7 @@ def test_fid_of_a_folder_with_itself_is_zero(tiles: Path, fid_weights: Path, cpu
     json.dumps(result.to_json())  # strict JSON
 
 
+@pytest.mark.slow
 def test_fid_statistics_round_trip(tiles: Path, fid_weights: Path, cpu: DeviceManager, tmp_path: Path) -> None:
     stats = tmp_path / "real_stats.npz"
     direct = evaluate_fid(
@@ -247,36 +240,87 @@ def test_fid_statistics_round_trip(tiles: Path, fid_weights: Path, cpu: DeviceMa
     assert "A2 S1 A2^T (3 x 3)" in via_file.meta["sqrt_trace"]  # the exact small route for the N = 3 side
 
 
-def test_fid_stats_from_other_weights_are_flagged(tmp_path: Path, cpu: DeviceManager, tiles: Path) -> None:
-    from histostain.metrics.fid import write_stats
-
+def _stats(folder: Path, name: str, d: int = 4, **extra: object) -> Path:
+    """A statistics file of d-dimensional features (any d: with statistics on both sides no network runs)."""
     rng = np.random.default_rng(6)
-    mu, sigma = rng.normal(size=4), np.eye(4)  # statistics on both sides: any d, no network, no weights
-    write_stats(tmp_path / "a.npz", mu, sigma, n=5000, weights_sha256="0" * 64)
-    write_stats(tmp_path / "b.npz", mu, sigma, n=5000, weights_sha256="1" * 64)
-    result = evaluate_fid(tmp_path / "a.npz", tmp_path / "b.npz", device=cpu)
+    return write_stats(folder / name, rng.normal(size=d), np.eye(d), **extra)  # type: ignore[arg-type]
+
+
+def test_statistics_from_other_weights_are_flagged(tmp_path: Path, cpu: DeviceManager) -> None:
+    a = _stats(tmp_path, "a.npz", n=5000, weights_sha256="0" * 64)
+    b = _stats(tmp_path, "b.npz", n=5000, weights_sha256="1" * 64)
+    result = evaluate_fid(a, b, device=cpu)
     assert result.summary["fid"] == pytest.approx(0.0, abs=1e-9)
     assert len(result.warnings) == 1 and "different Inception weights" in result.warnings[0]
     assert "a.npz: 000000000000" in result.warnings[0] and "b.npz: 111111111111" in result.warnings[0]
-    assert evaluate_fid(tmp_path / "a.npz", tmp_path / "a.npz", device=cpu).warnings == []  # N >= 2048, same weights
-    np.savez(tmp_path / "pytorch_fid.npz", mu=mu, sigma=sigma)  # pytorch-fid's files carry no N
-    unknown = evaluate_fid(tmp_path / "pytorch_fid.npz", tmp_path / "a.npz", device=cpu)
-    assert unknown.summary["n_real"] is None and any("N real unknown" in w for w in unknown.warnings)
-    np.savez(tmp_path / "bad.npz", mean=mu)
+
+
+def test_statistics_of_enough_images_from_the_same_weights_give_no_warning(tmp_path: Path, cpu: DeviceManager) -> None:
+    a = _stats(tmp_path, "a.npz", n=5000, weights_sha256="0" * 64)  # N >= 2048
+    assert evaluate_fid(a, a, device=cpu).warnings == []
+
+
+def test_two_statistics_files_need_no_network_and_no_weights(tmp_path: Path, cpu: DeviceManager) -> None:
+    a = _stats(tmp_path, "a.npz", n=5000)
+    result = evaluate_fid(a, a, device=cpu, weights_dir=tmp_path / "no_weights_here")
+    assert result.meta["weights"] is None and result.meta["weights_sha256"] is None
+    assert [row["kind"] for row in result.tables["inputs"]] == ["statistics", "statistics"]
+
+
+def test_pytorch_fid_statistics_without_n_warn_that_n_is_unknown(tmp_path: Path, cpu: DeviceManager) -> None:
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "pytorch_fid.npz", mu=rng.normal(size=4), sigma=np.eye(4))  # pytorch-fid's files carry no N
+    result = evaluate_fid(tmp_path / "pytorch_fid.npz", _stats(tmp_path, "a.npz", n=5000), device=cpu)
+    assert result.summary["n_real"] is None and any("N real unknown" in w for w in result.warnings)
+
+
+def test_statistics_file_without_mu_and_sigma_is_an_input_error(tmp_path: Path, cpu: DeviceManager) -> None:
+    np.savez(tmp_path / "bad.npz", mean=np.zeros(4))
     with pytest.raises(InputError, match=r"bad.npz holds \['mean'\]"):
-        evaluate_fid(tmp_path / "bad.npz", tmp_path / "a.npz", device=cpu)
-    np.savez(tmp_path / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
-    assert result.meta["weights"] is None
+        evaluate_fid(tmp_path / "bad.npz", _stats(tmp_path, "a.npz"), device=cpu)
+
+
+def test_statistics_of_other_dimensions_are_an_input_error(tmp_path: Path, cpu: DeviceManager) -> None:
     with pytest.raises(InputError, match="feature dimensions differ"):
-        evaluate_fid(tmp_path / "small.npz", tmp_path / "a.npz", device=cpu)
-    with pytest.raises(ConfigError, match="batch size"):
-        evaluate_fid(tiles / "he", tiles / "ihc", device=cpu, batch_size=0)
-    with pytest.raises(ConfigError, match="subset size"):
-        evaluate_kid(tiles / "he", tiles / "ihc", device=cpu, subset_size=1)
-    with pytest.raises(ConfigError, match=r"\.npz"):
-        evaluate_fid(tiles / "he", tiles / "ihc", device=cpu, save_stats=tmp_path / "stats.txt")
+        evaluate_fid(_stats(tmp_path, "small.npz", d=3), _stats(tmp_path, "a.npz", d=4), device=cpu)
 
 
+@pytest.mark.parametrize(
+    ("service", "options", "message"),
+    [
+        (evaluate_fid, {"batch_size": 0}, "batch size"),
+        (evaluate_fid, {"num_workers": -1}, "num_workers"),
+        (evaluate_fid, {"save_stats": Path("stats.txt")}, r"\.npz"),
+        (evaluate_kid, {"subset_size": 1}, "subset size"),
+        (evaluate_kid, {"subsets": 0}, "subsets"),
+    ],
+)
+def test_option_errors_come_before_any_input_is_read(
+    tmp_path: Path, cpu: DeviceManager, service, options: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        service(tmp_path / "missing", tmp_path / "missing", device=cpu, **options)
+
+
+def test_worker_policy_none_means_no_workers_on_a_cpu_and_some_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_num_workers(None, "cpu") == 0  # the network already uses every core
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert resolve_num_workers(None, "cuda") == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_num_workers(None, "cuda") == 2  # never more processes than CPUs
+    assert resolve_num_workers(3, "cpu") == 3 and resolve_num_workers(0, "cuda") == 0  # an explicit count wins
+
+
+def test_library_callers_get_a_provenance_record_of_their_arguments(tmp_path: Path, cpu: DeviceManager) -> None:
+    a = _stats(tmp_path, "a.npz", n=5000)
+    record = evaluate_fid(a, a, device=cpu, batch_size=8).provenance
+    assert record is not None
+    assert record.options["real"] == str(a) and record.options["batch_size"] == 8
+    assert record.options["num_workers"] == 0  # resolved by the policy, not "None"
+    assert evaluate_fid(a, a, device=cpu).to_json()["provenance"]["histostain_version"]
+
+
+@pytest.mark.slow
 def test_kid_service(tiles: Path, fid_weights: Path, cpu: DeviceManager) -> None:
     result = evaluate_kid(tiles / "he", tiles / "ihc", device=cpu, weights=fid_weights, num_workers=0, subsets=10)
     summary = result.summary
@@ -286,19 +330,28 @@ def test_kid_service(tiles: Path, fid_weights: Path, cpu: DeviceManager) -> None
     assert any("subset size reduced from 1000 to 3" in w for w in result.warnings)
 
 
-def test_services_fail_fast_without_weights_or_with_stats_for_kid(
-    tiles: Path, cpu: DeviceManager, tmp_path: Path
-) -> None:
+def _tiny_folder(folder: Path, count: int) -> Path:
+    for index in range(count):
+        write_image(folder / f"{index}.png", np.full((8, 8, 3), index, np.uint8))
+    return folder
+
+
+def test_missing_weights_stop_the_run_before_any_work(tmp_path: Path, cpu: DeviceManager) -> None:
+    images = _tiny_folder(tmp_path / "images", 2)
     with pytest.raises(WeightsError) as info:
-        evaluate_fid(tiles / "he", tiles / "ihc", device=cpu, weights_dir=tmp_path / "weights")
+        evaluate_fid(images, images, device=cpu, weights_dir=tmp_path / "weights")
     assert FID_WEIGHTS_URL in info.value.one_line()
+
+
+def test_kid_refuses_statistics_files(tmp_path: Path, cpu: DeviceManager) -> None:
     np.savez(tmp_path / "s.npz", mu=np.zeros(2), sigma=np.eye(2))
     with pytest.raises(InputError, match="KID needs the images"):
-        evaluate_kid(tmp_path / "s.npz", tiles / "ihc", device=cpu, weights_dir=tmp_path)
+        evaluate_kid(tmp_path / "s.npz", _tiny_folder(tmp_path / "images", 2), device=cpu, weights_dir=tmp_path)
+
+
+def test_missing_or_single_image_inputs_are_input_errors(tmp_path: Path, cpu: DeviceManager) -> None:
+    images = _tiny_folder(tmp_path / "images", 2)
     with pytest.raises(InputError, match="does not exist"):
-        evaluate_fid(tmp_path / "missing", tiles / "ihc", device=cpu, weights_dir=tmp_path)
-    single = tmp_path / "single"
-    single.mkdir()
-    write_image(single / "a.png", np.zeros((8, 8, 3), np.uint8))
+        evaluate_fid(tmp_path / "missing", images, device=cpu, weights_dir=tmp_path)
     with pytest.raises(InputError, match="has 1 image"):
-        evaluate_fid(single, tiles / "ihc", device=cpu, weights_dir=tmp_path)
+        evaluate_fid(_tiny_folder(tmp_path / "single", 1), images, device=cpu, weights_dir=tmp_path)

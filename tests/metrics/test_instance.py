@@ -14,17 +14,19 @@ from scipy.io import savemat
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.images import write_label_tiff
+from histostain.io.npy import NpyRows
 from histostain.metrics import instance
+from histostain.metrics.evaluate_instance import evaluate_instance
 from histostain.metrics.instance import (
-    NpyRows,
+    InstanceScorer,
     aji,
     aji_plus,
     contingency,
     dice,
-    evaluate_instance,
     instance_metrics,
     pq,
     remap_label,
+    score_instances,
 )
 
 EPS = 1e-6  # hover_net's SQ denominator: sum IoU / (TP + 1e-6)
@@ -346,3 +348,63 @@ def test_npy_rows_reads_across_chunks(tmp_path: Path) -> None:
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="objects.npy"):
         NpyRows(tmp_path / "objects.npy", "masks.npy")
+
+
+# ----------------------------------------------------------------------------------------- array level
+
+
+def _random_maps(seed: int, count: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of 24 x 24 maps with shifted, dropped and spurious nuclei (and one pair empty on both sides)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for index in range(count):
+        true = np.zeros((24, 24), np.int32)
+        pred = np.zeros((24, 24), np.int32)
+        for nucleus in range(0 if index == 0 else int(rng.integers(1, 6))):
+            y, x = rng.integers(0, 19, 2)
+            true[y : y + int(rng.integers(2, 6)), x : x + int(rng.integers(2, 6))] = nucleus + 1
+            if rng.random() < 0.8:
+                dy, dx = rng.integers(-1, 2, 2)
+                pred[max(0, y + dy) : y + dy + 4, max(0, x + dx) : x + dx + 4] = 7 * nucleus + 3
+        pairs.append((true, pred))
+    return pairs
+
+
+@pytest.mark.parametrize("match_iou", [0.5, 0.3])
+def test_files_and_arrays_give_identical_results(tmp_path: Path, match_iou: float) -> None:
+    """evaluate_instance reads files and feeds the same InstanceScorer as score_instances: the same numbers."""
+    pairs = _random_maps(5)
+    names = [f"img_{i}" for i in range(len(pairs))]
+    (tmp_path / "pred").mkdir()
+    for name, (true, pred) in zip(names, pairs, strict=True):
+        write_label_tiff(tmp_path / "true" / f"{name}.tif", true)
+        savemat(tmp_path / "pred" / f"{name}.mat", {"inst_map": pred})
+    from_files = evaluate_instance(tmp_path / "true", tmp_path / "pred", match_iou=match_iou)
+    from_arrays = score_instances(
+        ((name, true, pred) for name, (true, pred) in zip(names, pairs, strict=True)), match_iou=match_iou
+    )
+    assert from_files.summary["TP"] > 0 and from_files.meta["undefined_images"]["PQ"] == 1
+    assert from_files.to_json()["summary"] == from_arrays.to_json()["summary"]
+    assert from_files.to_json()["per_image"] == from_arrays.to_json()["per_image"]
+    assert from_files.warnings == from_arrays.warnings  # nothing unmatched: only the scorer's own warning
+    for key in ("protocol", "match_iou", "images", "aggregation", "undefined_images"):
+        assert from_files.meta[key] == from_arrays.meta[key], key
+
+
+def test_scorer_aggregates_as_it_goes_without_changing_earlier_results() -> None:
+    scorer = InstanceScorer()
+    empty = scorer.result()
+    assert empty.summary["images"] == 0 and math.isnan(empty.summary["PQ"]) and math.isnan(empty.summary["PQ_pooled"])
+    row = scorer.add("mixed", MIXED_TRUE, MIXED_PRED)
+    assert row == {
+        "image": "mixed",
+        **{k: v for k, v in instance_metrics(MIXED_TRUE, MIXED_PRED).items() if k != "iou_sum"},
+    }
+    first = scorer.result()
+    scorer.add("reuse", REUSE_TRUE, REUSE_PRED)
+    second = scorer.result()
+    assert first.summary["images"] == 1 and second.summary["images"] == 2
+    assert second.summary["PQ"] == pytest.approx((first.summary["PQ"] + 0.0) / 2)  # REUSE has PQ 0
+    assert first.per_image == [row]  # a result is a snapshot
+    with pytest.raises(ConfigError, match="match IoU"):
+        InstanceScorer(match_iou=1.0)

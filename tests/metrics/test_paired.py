@@ -13,9 +13,9 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.images import write_image
+from histostain.metrics.evaluate_paired import evaluate_paired
 from histostain.metrics.paired import (
     _conv_same,
-    evaluate_paired,
     haarpsi,
     mae,
     mdsi,

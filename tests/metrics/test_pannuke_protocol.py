@@ -11,9 +11,10 @@ import pytest
 
 from histostain.datasets.pannuke import prepare_pannuke
 from histostain.errors import ConfigError, InputError
-from histostain.metrics.instance import evaluate_instance
-from histostain.metrics.pannuke import CLASS_NAMES, binarize, image_pq
+from histostain.metrics.evaluate_instance import evaluate_instance
+from histostain.metrics.pannuke import binarize, image_pq
 from histostain.synth import write_dataset
+from histostain.vocabulary import PANNUKE_CLASSES
 
 E1 = 1 / (1 + 1e-6)  # SQ of one perfect pair: IoU 1 / (TP + 1e-6)
 
@@ -96,7 +97,7 @@ def test_protocol_on_two_tissues_by_hand(tmp_path: Path) -> None:
     assert tissues_table["Colon"]["bPQ"] == pytest.approx(colon_b)
     assert tissues_table["Colon"]["images"] == 2
     classes = {row["class"]: row["PQ"] for row in result.tables["per_class"]}
-    assert list(classes) == list(CLASS_NAMES)
+    assert list(classes) == list(PANNUKE_CLASSES)
     assert classes["Neoplastic"] == pytest.approx((E1 + 2 / 3 * E1) / 2)
     assert math.isnan(classes["Inflammatory"])  # the reference's csv would show the Connective value here
     assert classes["Connective"] == 0.0

@@ -26,3 +26,14 @@ def test_json_replaces_nan_and_numpy_scalars(tmp_path: Path) -> None:
     with (tmp_path / "metrics_per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert rows == [{"image": "a", "pq": "0.25", "extra": ""}, {"image": "b", "pq": "", "extra": "1"}]
+
+
+def test_provenance_is_serialised_and_absent_provenance_is_null() -> None:
+    from histostain.provenance import Provenance
+
+    record = Provenance.capture({"radius": 12.0, "true": Path("gt")}, command=["histostain", "evaluate", "celldet"])
+    with_record = EvaluationResult(metric="celldet", summary={"f1": 1.0}, provenance=record).to_json()
+    assert with_record["provenance"]["command"] == ["histostain", "evaluate", "celldet"]
+    assert with_record["provenance"]["options"] == {"radius": 12.0, "true": "gt"}
+    assert json.loads(json.dumps(with_record)) == with_record
+    assert EvaluationResult(metric="celldet", summary={}).to_json()["provenance"] is None

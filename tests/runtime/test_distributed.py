@@ -20,15 +20,6 @@ from histostain.runtime.device import DeviceManager
 from histostain.runtime.distributed import DistContext, DistEnv, ResumableSampler, detect, init_distributed, unwrap
 from histostain.runtime.training import LoopConfig, RunDirectory, Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ------------------------------------------------------------------------------------------ detection
 
 
@@ -141,7 +132,7 @@ class _Linear(Trainer):
 
 
 def _loop(batch_size: int) -> LoopConfig:
-    return LoopConfig(epochs=2, batch_size=batch_size, log_every=1, sample_every=0, save_every=0, seed=5)
+    return LoopConfig(epochs=2, batch_size=batch_size, num_workers=0, log_every=1, sample_every=0, save_every=0, seed=5)
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -170,6 +161,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ddp_on_two_gloo_processes_synchronises_gradients(tmp_path: Path) -> None:
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

@@ -1,4 +1,5 @@
-"""The generic training runtime: run folder, metrics, exact resume, NaN guard, Ctrl-C/SIGTERM, TOML writer.
+"""The generic training runtime: run folder and its history, loop options, metrics, exact resume, NaN guard,
+Ctrl-C/SIGTERM, RNG state, TOML writer.
 
 A toy trainer (a linear model, input noise from the global torch RNG, an extra python-RNG state) exercises
 every mechanism in milliseconds; the CycleGAN trainer is tested in tests/translation/test_train.py.
@@ -7,6 +8,7 @@ every mechanism in milliseconds; the CycleGAN trainer is tested in tests/transla
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import random
@@ -21,15 +23,19 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from torch import nn
 from torch.utils.data import Dataset
 
 from histostain.errors import ConfigError, WeightsError
+from histostain.provenance import Provenance
 from histostain.runtime.checkpoint import load_histostain_checkpoint
 from histostain.runtime.config_toml import dumps, write_toml
 from histostain.runtime.device import DeviceManager
 from histostain.runtime.training import (
+    SAVE_LATEST_STEPS,
     LoopConfig,
+    LoopOptions,
     MetricsLog,
     RunDirectory,
     StopSignal,
@@ -38,14 +44,6 @@ from histostain.runtime.training import (
     capture_rng_state,
     restore_rng_state,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(threads)
 
 
 class ToyData(Dataset):
@@ -112,6 +110,7 @@ def _loop(**changes: Any) -> LoopConfig:
     options: dict[str, Any] = {
         "epochs": 3,
         "batch_size": 2,
+        "num_workers": 0,
         "log_every": 1,
         "sample_every": 2,
         "save_every": 1,
@@ -334,7 +333,9 @@ def test_run_directory_refuses_to_overwrite_or_to_resume_nothing(tmp_path: Path)
         run.check(resume=True)
     run.check(resume=False)
     run.create()
-    run.write_config({"lr": 0.1, "crop": None, "nested": {"a": [1, 2]}}, ["histostain", "train"])
+    run.write_config(
+        {"lr": 0.1, "crop": None, "nested": {"a": [1, 2]}}, Provenance.capture(command=["histostain", "train"])
+    )
     with pytest.raises(ConfigError, match="already exists"):
         run.check(resume=False)
     assert run.read_config() == {"lr": 0.1, "nested": {"a": [1, 2]}}
@@ -342,6 +343,65 @@ def test_run_directory_refuses_to_overwrite_or_to_resume_nothing(tmp_path: Path)
     assert info["command"] == ["histostain", "train"] and info["name"] == "r" and "histostain_version" in info
     with pytest.raises(ConfigError, match="invalid run name"):
         RunDirectory(tmp_path, "a/b")
+
+
+def _record(command: list[str], day: int, **options: Any) -> Provenance:
+    return Provenance(tuple(command), f"0.{day}", f"2026-01-0{day}T00:00:00+00:00", options)
+
+
+def test_each_resume_appends_its_command_and_the_first_start_stays_the_origin(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path, "h")
+    run.create()
+    first = ["histostain", "train", "cyclegan", "data", "--name", "h"]
+    commands = [first, [*first, "--resume"], [*first, "--resume", "--max-steps", "9"]]
+    for day, command in enumerate(commands, start=1):
+        run.write_config({"lr": 0.1 * day}, _record(command, day, step=day), info={"world_size": day})
+    assert run.commands() == commands
+    info = run.read_run_info()
+    # the origin: the first start's record, whatever came after
+    assert (info["command"], info["histostain_version"], info["created"]) == (first, "0.1", "2026-01-01T00:00:00+00:00")
+    assert info["options"] == {"step": 1}
+    # the latest start: when, and what it ran on; each resume's own record, in order
+    assert (info["updated"], info["world_size"]) == ("2026-01-03T00:00:00+00:00", 3)
+    assert [(e["histostain_version"], e["created"], e["options"]) for e in info["resumed"]] == [
+        ("0.2", "2026-01-02T00:00:00+00:00", {"step": 2}),
+        ("0.3", "2026-01-03T00:00:00+00:00", {"step": 3}),
+    ]
+    assert "[[run.resumed]]" in run.config_path.read_text()
+    assert run.read_config() == {"lr": pytest.approx(0.3)}  # the config is the latest start's, history aside
+
+
+# The [run] table histostain wrote before runs kept a history (command overwritten by every start).
+LEGACY_RUN_TABLE = """lr = 0.0002
+
+[run]
+name = "cg"
+histostain_version = "0.1.0"
+created = "2026-11-26T12:45:30+00:00"
+updated = "2026-11-26T12:45:30+00:00"
+command = ["histostain", "--device", "cpu", "train", "cyclegan", "bci", "--name", "cg", "--max-steps", "1"]
+prepared = "/tmp/oldcfg/bci"
+config_file = ""
+world_size = 1
+device = "cpu"
+precision = "fp32"
+
+[run.domains]
+A = "IHC"
+B = "HE"
+"""
+
+
+def test_a_resume_of_a_run_recorded_without_history_keeps_its_first_command(tmp_path: Path) -> None:
+    run = RunDirectory(tmp_path, "cg")
+    run.create()
+    run.config_path.write_text(LEGACY_RUN_TABLE)
+    resumed = ["histostain", "train", "cyclegan", "bci", "--name", "cg", "--resume"]
+    run.write_config(run.read_config(), _record(resumed, 5), info={"domains": {"A": "IHC", "B": "HE"}})
+    info = run.read_run_info()
+    assert run.commands()[1:] == [resumed] and run.commands()[0][-2:] == ["--max-steps", "1"]
+    assert (info["created"], info["histostain_version"]) == ("2026-11-26T12:45:30+00:00", "0.1.0")
+    assert "options" not in info and info["domains"] == {"A": "IHC", "B": "HE"}
 
 
 def test_metrics_log_adds_columns_as_they_appear(tmp_path: Path) -> None:
@@ -369,6 +429,73 @@ def test_rng_state_round_trip_through_a_weights_only_checkpoint(tmp_path: Path) 
     _scramble_globals()
     restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
     assert (random.random(), float(np.random.normal()), float(torch.rand(1))) == expected
+
+
+def test_cuda_rng_states_of_another_gpu_count_are_kept_out_and_both_counts_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from histostain.runtime.training import rng
+
+    state = capture_rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]  # written on 2 GPUs
+    restored: list[Any] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    rng.log.addHandler(handler)
+    try:
+        restore_rng_state(state)
+        assert restored == [] and messages == ["checkpoint holds 2 CUDA RNG states for 3 GPUs; not restored"]
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+        restore_rng_state(state)
+    finally:
+        rng.log.removeHandler(handler)
+    assert len(restored) == 1 and len(messages) == 1
+
+
+# ------------------------------------------------------------------------------------------ loop options
+
+
+def test_loop_options_are_declared_once_with_each_trainers_published_defaults() -> None:
+    from histostain.segmentation.config import HoVerNetConfig
+    from histostain.translation.train_config import CycleGANConfig
+
+    for config in (CycleGANConfig, HoVerNetConfig, LoopConfig):
+        for name, declared in LoopOptions.model_fields.items():
+            field = config.model_fields[name]
+            assert (field.annotation, field.description, field.metadata) == (
+                declared.annotation,
+                declared.description,
+                declared.metadata,
+            ), (config.__name__, name)
+    cyclegan, hovernet = CycleGANConfig(), HoVerNetConfig()
+    # the reference CycleGAN's print_freq / display_freq; validation every 5 epochs; best.pt by SSIM
+    assert (cyclegan.log_every, cyclegan.sample_every, cyclegan.val_every, cyclegan.seed) == (100, 400, 5, 0)
+    assert (cyclegan.best_metric, cyclegan.best_mode) == ("val_ssim", "max")
+    # hover_net's seed 10 and validation every epoch; best.pt by NP Dice
+    assert (hovernet.log_every, hovernet.sample_every, hovernet.val_every, hovernet.seed) == (50, 500, 1, 10)
+    assert (hovernet.best_metric, hovernet.best_mode) == ("np_dice", "max")
+    assert cyclegan.save_latest_steps == hovernet.save_latest_steps == SAVE_LATEST_STEPS == 2000
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        HoVerNetConfig(log_every=-1)  # an overridden default keeps the declared bound
+    with pytest.raises(ValidationError, match="best_mode"):
+        CycleGANConfig(best_mode="lowest")
+
+
+def test_a_config_gives_the_loop_its_epochs_first_batch_and_validation() -> None:
+    from histostain.segmentation.config import HoVerNetConfig
+    from histostain.translation.train_config import CycleGANConfig
+
+    hovernet = HoVerNetConfig(phase1_epochs=2, phase2_epochs=3, batch_size_phase1=7, log_every=9, max_steps=4)
+    loop = hovernet.loop_config()
+    assert (loop.epochs, loop.batch_size, loop.val_every, loop.log_every, loop.max_steps) == (5, 7, 1, 9, 4)
+    assert (loop.seed, loop.best_metric) == (10, "np_dice")
+    assert hovernet.loop_config(validation=False).val_every == 0  # no val split: no epoch waits for one
+    loop = CycleGANConfig(epochs=3, epochs_decay=4, batch_size=2).loop_config()
+    assert (loop.epochs, loop.batch_size, loop.val_every, loop.best_metric) == (7, 2, 5, "val_ssim")
 
 
 # ------------------------------------------------------------------------------------------ TOML writer
@@ -401,9 +528,11 @@ def test_toml_specials_none_paths_and_nesting(tmp_path: Path) -> None:
         "ninf": -math.inf,
         "quote": 'a "b"\n\tc\\',
         "a b": 1,
+        "0\n": {"x": 2},  # a key ending in a newline must be quoted (a "$" regex would take it as bare)
         "mixed": [1, "x", [2.5, True]],
         "empty": {},
         "table": {"inner": {"x": 1, "skip": None}, "list": [{"k": 1}]},
+        "history": [{"command": ["a", "b"], "options": {"n": 1, "skip": None}}, {"command": ["c"]}],
     }
     write_toml(tmp_path / "c.toml", data, header="first\nsecond")
     text = (tmp_path / "c.toml").read_text()
@@ -411,9 +540,12 @@ def test_toml_specials_none_paths_and_nesting(tmp_path: Path) -> None:
     parsed = tomllib.loads(text)
     assert "skip" not in parsed and "skip" not in parsed["table"]["inner"]
     assert parsed["path"] == "/data/bci" and parsed["inf"] == math.inf and parsed["ninf"] == -math.inf
-    assert parsed["quote"] == data["quote"] and parsed["a b"] == 1
+    assert parsed["quote"] == data["quote"] and parsed["a b"] == 1 and parsed["0\n"] == {"x": 2}
     assert parsed["mixed"] == [1, "x", [2.5, True]] and parsed["empty"] == {}
     assert parsed["table"] == {"inner": {"x": 1}, "list": [{"k": 1}]}
+    # a list of tables: one [[history]] section per item, its nested tables under it
+    assert parsed["history"] == [{"command": ["a", "b"], "options": {"n": 1}}, {"command": ["c"]}]
+    assert text.count("[[history]]") == 2 and "[history.options]" in text
     assert math.isnan(tomllib.loads(dumps({"n": math.nan}))["n"])
     with pytest.raises(TypeError):
         dumps({"bad": object()})

@@ -17,9 +17,6 @@ from histostain.errors import WeightsError
 from histostain.segmentation import describe_hovernet, load_hovernet
 from histostain.segmentation.compat import infer_config, save_hovernet
 from histostain.segmentation.hovernet import HoVerNet
-from tests.segmentation import single_thread
-
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 TINY = {"encoder_width": 0.125, "units": (1, 2, 1, 1), "decoder_width": 0.125, "decoder_units": (2, 1)}
 
@@ -51,8 +48,9 @@ def official_state(model: HoVerNet, module_prefix: bool, counters: bool) -> dict
 
 
 @pytest.fixture
-def reference(single_thread):
-    """The network and its outputs, computed under the same thread setting as the comparison (bit-exactness)."""
+def reference():
+    """The network and its outputs, computed under the same thread setting as the comparison (bit-exactness;
+    conftest runs every test on one torch thread)."""
     model = random_network()
     return model, outputs(model, 128)
 

@@ -11,9 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from histostain.segmentation.hovernet import HoVerNet, TFSamePad, UpSample2x, tf_same_padding
-from tests.segmentation import single_thread
-
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 def meta_model(mode: str = "fast", num_types: int | None = 6, **kwargs) -> HoVerNet:

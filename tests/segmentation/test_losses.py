@@ -17,9 +17,6 @@ from histostain.segmentation.losses import (
     sobel_kernels,
     xentropy_loss,
 )
-from tests.segmentation import single_thread
-
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
 
 
 def perfect_logits(target: torch.Tensor, classes: int, scale: float = 40.0) -> torch.Tensor:

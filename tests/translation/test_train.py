@@ -7,6 +7,7 @@ import copy
 import os
 import random
 import socket
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +23,18 @@ from torch.utils.data import Dataset
 from histostain.datasets.bci import prepare_bci
 from histostain.errors import ConfigError
 from histostain.io.images import read_image
+from histostain.provenance import Provenance
 from histostain.runtime.checkpoint import load_histostain_checkpoint
 from histostain.runtime.device import DeviceManager
 from histostain.runtime.distributed import DistContext, DistEnv, init_distributed
 from histostain.runtime.training import RunDirectory, TrainingDiverged
 from histostain.synth import generate_tile, write_dataset
 from histostain.translation.cyclegan import build_generator
-from histostain.translation.train import (
-    CycleGANConfig,
-    CycleGANTrainer,
-    ImagePool,
-    check_resume_compatible,
-    linear_decay,
-    resolve_config,
-    train_cyclegan,
-)
+from histostain.translation.train import train_cyclegan
+from histostain.translation.train_config import CycleGANConfig, check_resume_compatible, resolve_config
+from histostain.translation.trainer import CycleGANTrainer, ImagePool, linear_decay
 
 CPU = DeviceManager.create("cpu", "fp32")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +176,15 @@ def test_config_precedence_defaults_file_flags(tmp_path: Path) -> None:
     check_resume_compatible(CycleGANConfig(ngf=8), CycleGANConfig(ngf=8, epochs=300, max_steps=5))
 
 
+def test_lambda_cycle_sets_both_cycle_weights_and_flags_are_config_fields() -> None:
+    flags = {"lambda_cycle": 3.0, "ngf": None, "fid_weights": Path("w.pth"), "direction": "HE2IHC"}
+    overrides = CycleGANConfig.flag_overrides(flags)
+    assert overrides == {"ngf": None, "fid_weights": "w.pth", "direction": "HE2IHC", "lambda_a": 3.0, "lambda_b": 3.0}
+    config = resolve_config(overrides=overrides, base={"lambda_a": 7.0})
+    assert (config.lambda_a, config.lambda_b, config.direction, config.ngf) == (3.0, 3.0, "he2ihc", 64)
+    assert "lambda_a" not in CycleGANConfig.flag_overrides({"lambda_cycle": None})  # not given: nothing set
+
+
 # ------------------------------------------------------------------------------------------ one step
 
 
@@ -223,6 +220,7 @@ def test_one_step_computes_the_reference_losses(tmp_path: Path) -> None:
     assert np.array_equal(grid[:16, :16], np.round((a[0].permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_fixed_colour_mapping(tmp_path: Path) -> None:
     config = tiny(lr=2e-3, batch_size=4, epochs=80, epochs_decay=0, log_every=0)
     trainer = CycleGANTrainer(config, _run(tmp_path, "overfit"), CPU)
@@ -343,6 +341,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save({n: m.state_dict() for n, m in trainer.models.items()}, Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_match_one_process_with_the_union_batch(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -391,8 +390,10 @@ def test_validation_is_bci_psnr_ssim_of_g_a_on_val(tmp_path: Path, prepared: Pat
 
 def test_train_cyclegan_writes_a_translate_ready_checkpoint_and_best(tmp_path: Path, prepared: Path) -> None:
     config = tiny(crop=32, ngf=4, ndf=4, epochs=1, epochs_decay=0, val_every=1, direction="he2ihc")
-    resolved, result = train_cyclegan(prepared, config, name="svc", runs_dir=tmp_path, manager=CPU, command=["x"])
+    record = Provenance.capture(command=["histostain", "train", "cyclegan", "x"])
+    resolved, result = train_cyclegan(prepared, config, name="svc", runs_dir=tmp_path, manager=CPU, provenance=record)
     assert resolved is config and result.status == "completed" and result.best_checkpoint is not None
+    assert RunDirectory(tmp_path, "svc").commands() == [["histostain", "train", "cyclegan", "x"]]
     assert set(result.validation) == {"val_psnr", "val_ssim"} and result.best == result.validation["val_ssim"]
     payload = load_histostain_checkpoint(result.last_checkpoint, arch="cyclegan")
     assert payload["direction"] == "he2ihc" and payload["domains"] == {"A": "HE", "B": "IHC"}
@@ -405,3 +406,90 @@ def test_train_cyclegan_writes_a_translate_ready_checkpoint_and_best(tmp_path: P
         train_cyclegan(prepared, name="svc", runs_dir=tmp_path, manager=CPU, resume=True, overrides={"ngf": 8})
     with pytest.raises(ConfigError, match="already exists"):
         train_cyclegan(prepared, config, name="svc", runs_dir=tmp_path, manager=CPU)
+
+
+# config.toml of a run made before the loop options were shared (written by histostain 0.1.0; the prepared
+# path is replaced by the test's, the long command array wrapped): no best_metric / best_mode keys, and
+# save_latest_steps then defaulted to 5000.
+PRE_LOOP_OPTIONS_CONFIG = """# histostain training run: the resolved configuration.
+# Reuse it with --config (the [run] table is ignored when loading).
+
+direction = "ihc2he"
+paired_sampling = false
+crop = 32
+augment = true
+ngf = 4
+ndf = 4
+n_blocks = 1
+n_layers_d = 3
+norm = "instance"
+dropout = false
+init_gain = 0.02
+gan_mode = "lsgan"
+lambda_a = 10.0
+lambda_b = 10.0
+lambda_identity = 0.5
+pool_size = 50
+lr = 0.0002
+beta1 = 0.5
+beta2 = 0.999
+epochs = 100
+epochs_decay = 100
+batch_size = 1
+num_workers = 0
+seed = 0
+deterministic = false
+log_every = 100
+sample_every = 400
+save_every = 5
+save_latest_steps = 5000
+val_every = 5
+val_max_images = 200
+val_fid = false
+max_steps = 1
+tensorboard = true
+
+[run]
+name = "cg"
+histostain_version = "0.1.0"
+created = "2026-11-26T12:45:30+00:00"
+updated = "2026-11-26T12:45:30+00:00"
+command = [
+    "histostain", "--device", "cpu", "train", "cyclegan", "bci", "--name", "cg", "--runs-dir", "runs",
+    "--crop", "32", "--ngf", "4", "--ndf", "4", "--n-blocks", "1", "--max-steps", "1", "--num-workers", "0",
+]
+prepared = "/tmp/oldcfg/bci"
+config_file = ""
+world_size = 1
+device = "cpu"
+precision = "fp32"
+
+[run.domains]
+A = "IHC"
+B = "HE"
+"""
+
+
+def test_a_run_recorded_before_the_shared_loop_options_resumes(tmp_path: Path, prepared: Path) -> None:
+    text = PRE_LOOP_OPTIONS_CONFIG.replace("/tmp/oldcfg/bci", str(prepared))
+    stored = tomllib.loads(text)
+    first_command = stored.pop("run")["command"]
+    # a checkpoint of the same networks (checkpoints did not change), then the config.toml as 0.1.0 left it
+    train_cyclegan(prepared, CycleGANConfig.model_validate(stored), name="old", runs_dir=tmp_path, manager=CPU)
+    (tmp_path / "old" / "config.toml").write_text(text)
+    command = ["histostain", "train", "cyclegan", str(prepared), "--name", "old", "--resume", "--max-steps", "2"]
+    resolved, result = train_cyclegan(
+        prepared,
+        name="old",
+        runs_dir=tmp_path,
+        manager=CPU,
+        resume=True,
+        overrides={"max_steps": 2},
+        provenance=Provenance.capture(command=command),
+    )
+    assert (result.status, result.step) == ("max_steps", 2)
+    assert resolved.save_latest_steps == 5000  # the run's own value, not today's default
+    assert (resolved.best_metric, resolved.best_mode) == ("val_ssim", "max")  # keys it predates: the defaults
+    run = RunDirectory(tmp_path, "old")
+    assert run.commands() == [first_command, command]
+    assert run.read_run_info()["created"] == "2026-11-26T12:45:30+00:00"

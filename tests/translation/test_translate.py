@@ -1,7 +1,8 @@
-"""The Translator service: output size = input size, value conventions, seamless tiling, batching."""
+"""The Translator service: output size = input size, value conventions, seamless tiling, batching, its batch step."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import torch
 from torch import nn
 
 from histostain.errors import ConfigError, InputError
+from histostain.io.images import read_image, write_image
 from histostain.runtime.device import DeviceManager
 from histostain.translation.compat import save_generator
 from histostain.translation.cyclegan import ResnetGenerator, init_weights
-from histostain.translation.translate import InputItem, Translator, plan_image, to_uint8
+from histostain.translation.translate import Translator, to_uint8
 
 CPU = DeviceManager.create("cpu", "fp32")
 
@@ -107,35 +109,14 @@ def test_values_are_scaled_and_rounded_not_truncated() -> None:
 
 
 def test_tiles_of_equal_size_are_batched_across_images(tmp_path: Path) -> None:
-    from histostain.io.images import write_image
-
     model = ShapeRecorder()
-    items = []
     for i in range(5):
-        write_image(tmp_path / f"{i}.png", _image(64, 64, i))
-        items.append(InputItem(tmp_path / f"{i}.png", tmp_path / "out" / f"{i}.png"))
-    report = Translator(model, CPU, batch_size=4).translate_files(items)
+        write_image(tmp_path / "in" / f"{i}.png", _image(64, 64, i))
+    report = Translator(model, CPU, batch_size=4).translate_files([tmp_path / "in"], tmp_path / "out")
     assert report.translated == 5 and not report.failed
     assert [s[0] for s in model.shapes] == [4, 1]
     for i in range(5):
-        from histostain.io.images import read_image
-
-        assert np.array_equal(read_image(tmp_path / "out" / f"{i}.png"), read_image(tmp_path / f"{i}.png"))
-
-
-def test_plan_keeps_overlap_overhead_low_and_tiles_legal() -> None:
-    whole = plan_image(256, 256)
-    assert whole.grid is None and whole.overhead == 0.0
-    big = plan_image(2048, 2048)
-    assert big.grid is not None and big.padded[0] <= 512 and big.padded[0] % 4 == 0 and big.grid.overlap == 64
-    # naive grid of 512 tiles at stride 448 would compute 25 * 512^2 = 56% extra; the fitted tile far less
-    assert big.overhead < 0.30
-    assert plan_image(1000, 700).overhead < 0.30
-    assert plan_image(30, 10).padded == (32, 16)
-    with pytest.raises(ConfigError):
-        plan_image(100, 100, tile=128, overlap=64)
-    with pytest.raises(ConfigError):
-        plan_image(100, 100, tile=8)
+        assert np.array_equal(read_image(tmp_path / "out" / f"{i}.png"), read_image(tmp_path / "in" / f"{i}.png"))
 
 
 def test_bad_images_and_options_are_user_errors(tiny_generator: ResnetGenerator) -> None:
@@ -160,15 +141,30 @@ def test_from_checkpoint_translates_like_the_model(tmp_path: Path, tiny_generato
 
 
 def test_translate_files_accepts_paths_and_reports(tmp_path: Path) -> None:
-    from histostain.io.images import read_image, write_image
-
     write_image(tmp_path / "in" / "a.png", _image(20, 30, 1))
     write_image(tmp_path / "in" / "b.tif", _image(9, 7, 2))
     report = Translator(Identity(), CPU).translate_files([tmp_path / "in"], tmp_path / "out", fmt="tif")
     assert (report.inputs, report.translated, report.skipped) == (2, 2, 0)
     assert report.megapixels == pytest.approx((20 * 30 + 9 * 7) / 1e6)
+    assert report.computed_megapixels == pytest.approx((20 * 32 + 16 * 16) / 1e6)  # padded to 4s, at least 16
     assert np.array_equal(read_image(tmp_path / "out" / "b.tif"), read_image(tmp_path / "in" / "b.tif"))
     again = Translator(Identity(), CPU).translate_files([tmp_path / "in"], tmp_path / "out", fmt="tif")
     assert (again.translated, again.skipped) == (0, 2)
-    with pytest.raises(ConfigError, match="out_dir"):
-        Translator(Identity(), CPU).translate_files([tmp_path / "in"])
+    record = json.loads((tmp_path / "out" / "translate.json").read_text())
+    assert record["status"] == "finished" and record["settings"]["format"] == "tif"
+    assert record["weights"] is None and len(record["settings"]["weights_sha256"]) == 64
+
+
+def test_models_in_memory_are_told_apart_by_their_tensors(tmp_path: Path, tiny_generator: ResnetGenerator) -> None:
+    """Without a weights file the digest covers the tensors: another model may not resume into the folder."""
+    write_image(tmp_path / "in" / "a.png", _image(20, 20))
+    Translator(tiny_generator, CPU).translate_files([tmp_path / "in"], tmp_path / "out")
+    torch.manual_seed(5)
+    other = init_weights(ResnetGenerator(ngf=2, n_blocks=1)).eval()
+    digest = Translator(tiny_generator, CPU).weights_sha256()
+    assert Translator(other, CPU).weights_sha256() != digest
+    assert Translator(tiny_generator, CPU, batch_size=3).weights_sha256() == digest
+    with pytest.raises(ConfigError, match="weights sha256"):
+        Translator(other, CPU).translate_files([tmp_path / "in"], tmp_path / "out")
+    with pytest.raises(ConfigError, match="tile 512 -> 256"):
+        Translator(tiny_generator, CPU, tile=256).translate_files([tmp_path / "in"], tmp_path / "out")

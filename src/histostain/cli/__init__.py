@@ -1,7 +1,7 @@
 """The `histostain` command: the root Typer app, global options, `doctor`, and error rendering.
 
-Only typer is imported at module level so that ``histostain --help`` stays fast; torch and the services are
-imported inside the commands that need them.
+Only typer is imported at module level so that ``histostain --help`` stays fast: the command modules are
+imported when their command runs (``cli.lazy``), and torch and the services inside the commands that need them.
 """
 
 from __future__ import annotations
@@ -14,9 +14,46 @@ import typer
 
 from histostain import __version__
 from histostain.cli.common import STATE, AppState, print_json, print_summary, state, stderr_console
+from histostain.cli.lazy import LazyCommand, LazyGroup
 from histostain.errors import HistostainError
 
+
+class RootGroup(LazyGroup):
+    """The root command: its sub-commands in the order ``--help`` shows them, each with its one-line help
+    (a test checks these lines against the commands' own)."""
+
+    lazy_commands = (
+        LazyCommand(
+            "synth",
+            "histostain.cli.synth:synth",
+            "Generate synthetic H&E / IHC tissue with exact ground truth in the BCI, PanNuke, EndoNuke or tiles "
+            "layout.",
+        ),
+        LazyCommand(
+            "prepare",
+            "histostain.cli.prepare:prepare_app",
+            "Validate a downloaded dataset (folder or published zip) and convert it into histostain's prepared format.",
+        ),
+        LazyCommand(
+            "train",
+            "histostain.cli.train:train_app",
+            "Train models: CycleGAN stain translation (cyclegan), HoVer-Net nuclei segmentation (hovernet).",
+        ),
+        LazyCommand(
+            "translate",
+            "histostain.cli.translate:translate",
+            "Translate IHC <-> H&E with a CycleGAN generator; output size = input size, names keep the input stem.",
+        ),
+        LazyCommand(
+            "evaluate",
+            "histostain.cli.evaluate:evaluate_app",
+            "Compute the metrics papers report (FID/KID, cell detection F1, Dice/AJI/PQ, PSNR/SSIM).",
+        ),
+    )
+
+
 app = typer.Typer(
+    cls=RootGroup,
     name="histostain",
     help="Stain translation (CycleGAN) and nuclei segmentation (HoVer-Net) for computational pathology.",
     no_args_is_help=True,
@@ -101,24 +138,6 @@ def _render_error(error: HistostainError, current: AppState) -> None:
     from rich.text import Text
 
     console.print(Text.assemble(("Error: ", "bold red"), (error.one_line(), "red")), highlight=False)
-
-
-def _register_commands() -> None:
-    """Attach the command modules; each imports only typer at module level (heavy imports stay inside)."""
-    from histostain.cli.evaluate import evaluate_app
-    from histostain.cli.prepare import prepare_app
-    from histostain.cli.synth import synth
-    from histostain.cli.train import train_app
-    from histostain.cli.translate import translate
-
-    app.command("synth")(synth)
-    app.add_typer(prepare_app, name="prepare")
-    app.add_typer(train_app, name="train")
-    app.command("translate")(translate)
-    app.add_typer(evaluate_app, name="evaluate")
-
-
-_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

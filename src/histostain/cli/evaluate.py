@@ -1,19 +1,31 @@
 """`histostain evaluate fid|kid|celldet|instance|paired`: reference-exact metrics (heavy imports inside).
 
 Every command takes ground truth / real first and prediction / fake second, prints a table (or JSON with
-``--json``), and with ``--out metrics.json`` also writes the JSON and a per-image CSV beside it.
+``--json``), and with ``--out metrics.json`` also writes the JSON and a per-image CSV beside it. The commands
+parse options, call one service of :mod:`histostain.metrics` with this invocation's provenance record and render
+its result; the rules (defaults, worker policy, validation) belong to the services.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from histostain.cli.common import print_json, print_summary, state, stderr_console
+from histostain.cli.common import print_json, print_summary, provenance, state, stderr_console
+from histostain.cli.options import EvalJsonOpt, EvalOutOpt, FidBatchSizeOpt, FidWeightsOpt, FidWorkersOpt
 from histostain.errors import ConfigError
+from histostain.metrics.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPAT,
+    DEFAULT_MATCH_IOU,
+    DEFAULT_PROTOCOL,
+    DEFAULT_RADIUS,
+    KID_SEED,
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
+)
 
 if TYPE_CHECKING:
     from histostain.metrics.report import EvaluationResult
@@ -22,28 +34,6 @@ evaluate_app = typer.Typer(
     help="Compute the metrics papers report (FID/KID, cell detection F1, Dice/AJI/PQ, PSNR/SSIM).",
     no_args_is_help=True,
 )
-
-OutOpt = Annotated[
-    Path | None, typer.Option("--out", help="Write the metrics JSON here (+ <stem>_per_image.csv beside it).")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")]
-WeightsOpt = Annotated[
-    Path | None,
-    typer.Option("--weights", help="pt_inception-2015-12-05-6726825d.pth (default: HISTOSTAIN_HOME/weights/)."),
-]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option("--num-workers", help="Processes decoding images in parallel [auto: 0 on CPU, 4 on a GPU]."),
-]
-
-
-def _auto_workers(requested: int | None, device_kind: str) -> int:
-    """On a CPU the network already uses every core and decoding is ~2% of the work, so workers only compete
-    (measured: 10.0 images/s in-process vs 8.1 with 2 workers on 2 cores); on a GPU they hide decoding."""
-    if requested is not None:
-        return requested
-    return 0 if device_kind == "cpu" else min(4, os.cpu_count() or 1)
 
 
 def _format(value: object) -> str:
@@ -97,39 +87,43 @@ def parse_class_map(text: str | None, option: str = "--class-map") -> dict[int, 
     return mapping
 
 
+def _feature_options(
+    ctx: typer.Context, weights: Path | None, batch_size: int, num_workers: int | None
+) -> dict[str, Any]:
+    """What FID and KID both pass to their service: device, weights (or the settings' folder), loader, record."""
+    app_state = state(ctx)
+    return {
+        "device": app_state.device_manager(),
+        "weights": weights,
+        "weights_dir": app_state.settings().settings.weights_dir,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "provenance": provenance(ctx),
+    }
+
+
 @evaluate_app.command("fid")
 def fid_command(
     ctx: typer.Context,
     real: Annotated[Path, typer.Argument(help="Folder of real images, or a .npz with mu and sigma.")],
     fake: Annotated[Path, typer.Argument(help="Folder of generated images, or a .npz with mu and sigma.")],
-    weights: WeightsOpt = None,
-    batch_size: BatchOpt = 32,
-    num_workers: WorkersOpt = None,
+    weights: FidWeightsOpt = None,
+    batch_size: FidBatchSizeOpt = DEFAULT_BATCH_SIZE,
+    num_workers: FidWorkersOpt = None,
     save_stats: Annotated[
         Path | None,
         typer.Option(
             "--save-stats", help="Also save the REAL side's mu/sigma (+ N, weights sha256) to this .npz for reuse."
         ),
     ] = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    out: EvalOutOpt = None,
+    as_json: EvalJsonOpt = False,
 ) -> None:
     """Fréchet Inception Distance, exactly as pytorch-fid computes it (2048-d pool3, bilinear 299)."""
-    app_state = state(ctx)
-    settings = app_state.settings().settings
-    from histostain.metrics.fid import evaluate_fid
+    from histostain.metrics.evaluate_fid import evaluate_fid
 
-    manager = app_state.device_manager()
-    result = evaluate_fid(
-        real,
-        fake,
-        device=manager,
-        weights=weights,
-        weights_dir=settings.weights_dir,
-        batch_size=batch_size,
-        num_workers=_auto_workers(num_workers, manager.plan.kind),
-        save_stats=save_stats,
-    )
+    features = _feature_options(ctx, weights, batch_size, num_workers)
+    result = evaluate_fid(real, fake, save_stats=save_stats, **features)
     _finish(result, out, as_json, "FID")
 
 
@@ -138,35 +132,22 @@ def kid_command(
     ctx: typer.Context,
     real: Annotated[Path, typer.Argument(help="Folder of real images.")],
     fake: Annotated[Path, typer.Argument(help="Folder of generated images.")],
-    weights: WeightsOpt = None,
-    batch_size: BatchOpt = 32,
-    num_workers: WorkersOpt = None,
-    subsets: Annotated[int, typer.Option("--subsets", help="Number of random subsets.")] = 100,
+    weights: FidWeightsOpt = None,
+    batch_size: FidBatchSizeOpt = DEFAULT_BATCH_SIZE,
+    num_workers: FidWorkersOpt = None,
+    subsets: Annotated[int, typer.Option("--subsets", help="Number of random subsets.")] = KID_SUBSETS,
     subset_size: Annotated[
         int, typer.Option("--subset-size", help="Subset size (capped at the smaller image count).")
-    ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the subset draws.")] = 0,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    ] = KID_SUBSET_SIZE,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the subset draws.")] = KID_SEED,
+    out: EvalOutOpt = None,
+    as_json: EvalJsonOpt = False,
 ) -> None:
     """Kernel Inception Distance: cubic-kernel unbiased MMD² on the FID features (table shows ×1000)."""
-    app_state = state(ctx)
-    settings = app_state.settings().settings
-    from histostain.metrics.fid import evaluate_kid
+    from histostain.metrics.evaluate_fid import evaluate_kid
 
-    manager = app_state.device_manager()
-    result = evaluate_kid(
-        real,
-        fake,
-        device=manager,
-        weights=weights,
-        weights_dir=settings.weights_dir,
-        batch_size=batch_size,
-        num_workers=_auto_workers(num_workers, manager.plan.kind),
-        subsets=subsets,
-        subset_size=subset_size,
-        seed=seed,
-    )
+    features = _feature_options(ctx, weights, batch_size, num_workers)
+    result = evaluate_kid(real, fake, subsets=subsets, subset_size=subset_size, seed=seed, **features)
     _finish(result, out, as_json, "KID")
 
 
@@ -180,7 +161,7 @@ def celldet_command(
         ),
     ],
     pred: Annotated[Path, typer.Argument(help="Predictions: folder of the same formats, paired by file stem.")],
-    radius: Annotated[float, typer.Option("--radius", help="Matching radius in pixels.")] = 12.0,
+    radius: Annotated[float, typer.Option("--radius", help="Matching radius in pixels.")] = DEFAULT_RADIUS,
     radius_um: Annotated[
         float | None, typer.Option("--radius-um", help="Matching radius in micrometres (needs --mpp).")
     ] = None,
@@ -196,18 +177,16 @@ def celldet_command(
     ] = None,
     compat: Annotated[
         str, typer.Option("--compat", help="histostain | seed (reproduce the seed's dummy point in empty images).")
-    ] = "histostain",
+    ] = DEFAULT_COMPAT,
     split: Annotated[
         str | None, typer.Option("--split", help="Prepared EndoNuke ground truth: only this split.")
     ] = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    out: EvalOutOpt = None,
+    as_json: EvalJsonOpt = False,
 ) -> None:
     """Cell detection precision / recall / F1: Hungarian matching of centroids within a radius, pooled counts."""
-    state(ctx).settings()
-    if (radius_um is None) != (mpp is None):
-        raise ConfigError("--radius-um and --mpp go together", hint="give both, or only --radius in pixels")
-    from histostain.metrics.detection import evaluate_celldet
+    record = provenance(ctx)
+    from histostain.metrics.evaluate_celldet import evaluate_celldet
 
     result = evaluate_celldet(
         true,
@@ -220,6 +199,7 @@ def celldet_command(
         pred_class_map=parse_class_map(pred_class_map, "--pred-class-map"),
         compat=compat,
         split=split,
+        provenance=record,
     )
     _finish(result, out, as_json, "Cell detection")
 
@@ -233,17 +213,17 @@ def instance_command(
     pred: Annotated[Path, typer.Argument(help="Predictions in the same kind of input, paired by stem or row.")],
     protocol: Annotated[
         str, typer.Option("--protocol", help="hovernet (per-image means) | pannuke (official mPQ/bPQ).")
-    ] = "hovernet",
-    match_iou: Annotated[float, typer.Option("--match-iou", help="IoU threshold for PQ matching.")] = 0.5,
+    ] = DEFAULT_PROTOCOL,
+    match_iou: Annotated[float, typer.Option("--match-iou", help="IoU threshold for PQ matching.")] = DEFAULT_MATCH_IOU,
     split: Annotated[str | None, typer.Option("--split", help="Split of a prepared dataset (default test).")] = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    out: EvalOutOpt = None,
+    as_json: EvalJsonOpt = False,
 ) -> None:
     """Instance segmentation: Dice, AJI, AJI+, DQ, SQ, PQ (hover_net semantics) or the PanNuke mPQ/bPQ protocol."""
-    state(ctx).settings()
-    from histostain.metrics.instance import evaluate_instance
+    record = provenance(ctx)
+    from histostain.metrics.evaluate_instance import evaluate_instance
 
-    result = evaluate_instance(true, pred, protocol=protocol, match_iou=match_iou, split=split)
+    result = evaluate_instance(true, pred, protocol=protocol, match_iou=match_iou, split=split, provenance=record)
     _finish(result, out, as_json, f"Instance segmentation ({protocol})")
 
 
@@ -255,13 +235,13 @@ def paired_command(
     metrics: Annotated[
         str | None, typer.Option("--metrics", help="Comma-separated subset, e.g. psnr,ssim (default all).")
     ] = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    out: EvalOutOpt = None,
+    as_json: EvalJsonOpt = False,
 ) -> None:
     """Paired translation quality: PSNR and SSIM (BCI protocol), MS-GMSD, MDSI, HaarPSI, MAE, Pearson r."""
-    state(ctx).settings()
-    from histostain.metrics.paired import evaluate_paired
+    record = provenance(ctx)
+    from histostain.metrics.evaluate_paired import evaluate_paired
 
     chosen = [name.strip() for name in metrics.split(",") if name.strip()] if metrics else None
-    result = evaluate_paired(real, fake, metrics=chosen)
+    result = evaluate_paired(real, fake, metrics=chosen, provenance=record)
     _finish(result, out, as_json, "Paired image metrics")

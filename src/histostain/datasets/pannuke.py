@@ -42,16 +42,13 @@ from histostain.errors import ConfigError, DatasetLayoutError
 from histostain.io.npy import NpyChunkReader, NpyInfo, NpyWriter, inspect_npy
 from histostain.provenance import Provenance
 from histostain.runtime.progress import progress_task
-from histostain.vocabulary import PANNUKE_CLASSES, PANNUKE_TISSUES
+from histostain.vocabulary import PANNUKE_TISSUES
 
 log = logging.getLogger(__name__)
 
 DATASET = "pannuke"
 SPLITS = ("train", "val", "test")
 FOLDS = (1, 2, 3)
-# Kept for readers of the old names until metrics imports the vocabulary (remove with that change).
-TISSUES = PANNUKE_TISSUES
-CLASS_NAMES = PANNUKE_CLASSES
 MAX_ID = 2**31 - 1
 COUNTERS = (
     "empty_patches",

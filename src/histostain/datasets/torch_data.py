@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from histostain.datasets.prepared import Manifest, load_prepared
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.annotations import read_centroids_txt
 from histostain.io.images import read_image
+from histostain.vocabulary import PANNUKE_TYPE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +240,27 @@ def _open_npy(path: Path) -> np.ndarray:
         raise DatasetLayoutError(f"{path}: not a readable .npy array ({exc})") from exc
 
 
+@dataclass(frozen=True)
+class NucleiArrays:
+    """One augmented PanNuke sample as numpy arrays: what :class:`NucleiSamples` turns into tensors.
+
+    A consumer with its own input convention (HoVer-Net takes RGB in 0..255 and augments uint8 images) reads
+    these instead of undoing the [0, 1] scaling of the tensor sample.
+    """
+
+    image: np.ndarray  # uint8 H x W x 3 RGB
+    inst_map: np.ndarray  # int32 H x W, 0 background, ids 1..n
+    type_map: np.ndarray  # uint8 H x W, 0 background, 1..5
+    id: str
+    tissue: str
+
+
 class NucleiSamples(_EpochSeeded, Dataset):
     """Patches of prepared PanNuke for HoVer-Net training.
 
     Each sample is ``{"image": float32 3 x H x W in [0, 1], "inst_map": int32 H x W (0 background, ids 1..n),
     "type_map": int64 H x W (0 background, 1..5), "id": str, "tissue": str}``. Note the image is scaled to
-    [0, 1]; a network expecting 0..255 input must multiply by 255.
+    [0, 1]; a network expecting 0..255 input reads :meth:`arrays` (the same sample, uint8) instead.
 
     The arrays are memory-mapped (``np.load(mmap_mode="r")``) and opened lazily in the process that reads them;
     the maps are never pickled to DataLoader workers and a forked worker reopens its own handles.
@@ -311,7 +328,22 @@ class NucleiSamples(_EpochSeeded, Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    @property
+    def mpp(self) -> float | None:
+        """The scale of the patches in micrometres per pixel, when the manifest records one (else None)."""
+        value = self.manifest.options.get("mpp")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """Type id -> name: the manifest's ``class_names`` when it records them, else PanNuke's (0 = Background)."""
+        recorded = self.manifest.options.get("class_names")
+        if isinstance(recorded, Mapping) and recorded:
+            return {int(code): str(name) for code, name in recorded.items()}
+        return {0: "Background", **PANNUKE_TYPE_NAMES}
+
+    def arrays(self, index: int) -> NucleiArrays:
+        """Sample ``index`` as uint8 image and label arrays, after the same augmentation as ``self[index]``."""
         index = _check_index(index, len(self))
         arrays = self._open()
         image = np.array(arrays["images.npy"][index])
@@ -323,12 +355,22 @@ class NucleiSamples(_EpochSeeded, Dataset):
             if self.colour_jitter > 0:
                 image = aug.colour_jitter(image, rng, self.colour_jitter, self.jitter_space)
         record = self.records[index]
+        return NucleiArrays(
+            image=np.ascontiguousarray(image),
+            inst_map=np.ascontiguousarray(inst_map, dtype=np.int32),
+            type_map=np.ascontiguousarray(type_map),
+            id=record["id"],
+            tissue=str(record.get("tissue", "")),
+        )
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.arrays(index)
         return {
-            "image": _image_tensor(image),
-            "inst_map": torch.from_numpy(np.ascontiguousarray(inst_map, dtype=np.int32)),
-            "type_map": torch.from_numpy(type_map.astype(np.int64)),
-            "id": record["id"],
-            "tissue": str(record.get("tissue", "")),
+            "image": _image_tensor(sample.image),
+            "inst_map": torch.from_numpy(sample.inst_map),
+            "type_map": torch.from_numpy(sample.type_map.astype(np.int64)),
+            "id": sample.id,
+            "tissue": sample.tissue,
         }
 
 
@@ -433,4 +475,4 @@ def collate_keypoints(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-__all__ = ["DIRECTIONS", "KeypointSamples", "NucleiSamples", "TranslationPairs", "collate_keypoints"]
+__all__ = ["DIRECTIONS", "KeypointSamples", "NucleiArrays", "NucleiSamples", "TranslationPairs", "collate_keypoints"]

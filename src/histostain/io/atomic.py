@@ -6,13 +6,21 @@ trust that any output that exists is complete.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
+
+# The name atomic_path gives a temporary file: ".<target name>.<random, no dot>.tmp<target suffix>".
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[^./]+\.tmp(?P<suffix>\.[^./]*)?$")
 
 
 def _umask() -> int:
@@ -108,4 +116,42 @@ def remove_stale_partials(path: str | os.PathLike[str]) -> int:
         if leftover.is_dir() and leftover.suffix in {".partial", ".old"}:
             shutil.rmtree(leftover, ignore_errors=True)
             removed += 1
+    return removed
+
+
+def temp_file_target(name: str) -> str | None:
+    """The target file name a temporary file of :func:`atomic_path` was written for, or None if it is not one.
+
+    ``.x.png.k2j4_q9a.tmp.png`` -> ``x.png``. The random part never contains a dot, so target names with dots
+    (``a.b.png``) are recovered exactly, and the suffix must match the target's, as atomic_path writes it.
+    """
+    match = _TEMP_NAME.match(name)
+    if match is None:
+        return None
+    target = match.group("target")
+    return target if Path(target).suffix == (match.group("suffix") or "") else None
+
+
+def remove_stale_temp_files(targets: Iterable[str | os.PathLike[str]]) -> int:
+    """Delete temporary files that interrupted atomic writes of ``targets`` left beside them; returns how many.
+
+    Only temp files of the given targets are touched, so a caller that owns a set of outputs (one shard of a
+    batch run) never deletes the in-progress temp file of another process writing other outputs into the same
+    folder. Each folder is listed once, however many targets it holds.
+    """
+    by_folder: dict[Path, set[str]] = defaultdict(set)
+    for target in targets:
+        path = Path(target)
+        by_folder[path.parent].add(path.name)
+    removed = 0
+    for folder, names in by_folder.items():
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and temp_file_target(entry.name) in names and entry.is_file():
+                Path(entry.path).unlink(missing_ok=True)
+                log.debug("removed leftover temporary file %s", entry.path)
+                removed += 1
     return removed

@@ -122,11 +122,60 @@ class NpyWriter:
         self.written += rows.shape[0]
 
     def close(self) -> None:
+        """Finish the file; fewer rows than the header promised is an error (the file would be unreadable)."""
         if self.handle.closed:
             return
         self.handle.close()
         if self.written != self.shape[0]:
             raise ValueError(f"{self.path}: wrote {self.written} of {self.shape[0]} rows")
 
+    def abort(self) -> None:
+        """Close without the row check (the caller is discarding the file, e.g. after an error)."""
+        self.handle.close()
 
-__all__ = ["NpyChunkReader", "NpyInfo", "NpyWriter", "inspect_npy"]
+
+class NpyRows:
+    """Rows (axis 0) of a C-order ``.npy`` file as a read-only sequence: ``len``, ``shape``, ``dtype``, ``ndim``
+    and ``rows[i]`` (a fresh copy), read a chunk at a time on first need, so memory stays at one chunk."""
+
+    def __init__(self, path: Path, what: str, chunk: int = 16) -> None:
+        if not Path(path).is_file():
+            raise InputError(f"{what} not found: {path}")
+        self.info = inspect_npy(Path(path), str(path), hint="expected a plain numeric .npy array")
+        if not self.info.shape:
+            raise InputError(f"{path}: holds a scalar; expected an array of images")
+        self.path = self.info.path
+        self.shape = self.info.shape
+        self.dtype = self.info.dtype
+        self.ndim = len(self.shape)
+        self._chunk = max(1, chunk)
+        self._reader: NpyChunkReader | None = None
+        self._start = self._stop = 0
+        self._rows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"row {index} of {self.shape[0]}")
+        if self._rows is None or not self._start <= index < self._stop:
+            if self._reader is None:
+                self._reader = NpyChunkReader(self.info, str(self.path), self._chunk)
+            stop = min(index + self._chunk, self.shape[0])
+            self._rows = self._reader.read(index, stop)
+            self._start, self._stop = index, stop
+        return self._rows[index - self._start].copy()
+
+    def close(self) -> None:
+        if getattr(self, "_reader", None) is not None:  # also safe on an object whose __init__ raised
+            self._reader.close()
+            self._reader = None
+        self._rows = None
+        self._start = self._stop = 0
+
+    def __del__(self) -> None:
+        self.close()
+
+
+__all__ = ["NpyChunkReader", "NpyInfo", "NpyRows", "NpyWriter", "inspect_npy"]

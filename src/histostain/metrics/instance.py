@@ -1,6 +1,6 @@
-"""Instance-segmentation metrics (Dice, AJI, AJI+, DQ, SQ, PQ) with hover_net ``stats_utils`` semantics.
+"""Instance-segmentation metrics on arrays (Dice, AJI, AJI+, DQ, SQ, PQ), per image and aggregated over images.
 
-The pure functions reproduce ``metrics/stats_utils.py`` of hover_net (the code the HoVer-Net, PanNuke and
+The per-image functions reproduce ``metrics/stats_utils.py`` of hover_net (the code the HoVer-Net, PanNuke and
 CoNSeP tables come from) value for value, but they work on any integer instance maps:
 
 - ids need not be contiguous (the reference silently mis-indexes its mask list unless ``remap_label`` ran first);
@@ -11,30 +11,26 @@ CoNSeP tables come from) value for value, but they work on any integer instance 
 Every metric comes from one sparse contingency table of (true id, predicted id) -> overlapping pixels, counted
 with ``np.bincount`` over the instance pixels only, instead of the reference's loop over per-instance masks.
 
-The second half of the module is the ``evaluate instance`` service: it reads label TIFFs, hover_net ``.mat``
-files, prepared PanNuke data or PanNuke-layout ``masks.npy``, pairs the images and aggregates the scores the way
-hover_net's ``compute_stats.py`` reports them (mean over images), plus a dataset-level pooled PQ.
+:class:`InstanceScorer` aggregates images fed one at a time the way hover_net's ``compute_stats.py`` reports them
+(mean over images) plus a dataset-level pooled PQ, and returns an :class:`EvaluationResult`; it is the one
+scoring path of both the ``evaluate instance`` service (files, :mod:`histostain.metrics.evaluate_instance`) and
+callers that hold arrays (the pipeline, per tile). Reading label files is :mod:`histostain.metrics.instance_sources`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from histostain.errors import ConfigError, InputError
+from histostain.errors import ConfigError
+from histostain.metrics.defaults import DEFAULT_MATCH_IOU
+from histostain.metrics.report import EvaluationResult
+from histostain.provenance import Provenance
 
-if TYPE_CHECKING:
-    from histostain.metrics.report import EvaluationResult
-
-log = logging.getLogger(__name__)
-
-PROTOCOLS = ("hovernet", "pannuke")
 SQ_EPS = 1.0e-6  # hover_net: SQ = sum(IoU) / (TP + 1e-6)
 AJI_EPS = 1.0e-6  # hover_net AJI/AJI+: IoU = I / (U + 1e-6) when choosing pairs
 _DENSE_TABLE_LIMIT = 1 << 22  # (n_true + 1) * (n_pred + 1) cells counted with a dense bincount
@@ -397,7 +393,7 @@ def aji_plus(true: Any, pred: Any) -> float:
     return _aji_plus(contingency(true, pred))
 
 
-def pq(true: Any, pred: Any, match_iou: float = 0.5) -> PQResult:
+def pq(true: Any, pred: Any, match_iou: float = DEFAULT_MATCH_IOU) -> PQResult:
     """Detection, segmentation and panoptic quality as hover_net ``get_fast_pq``.
 
     Pairs need IoU strictly above ``match_iou`` (an IoU of exactly 0.5 is not a match); below 0.5 the pairing
@@ -406,7 +402,7 @@ def pq(true: Any, pred: Any, match_iou: float = 0.5) -> PQResult:
     return pq_of(contingency(true, pred), match_iou)
 
 
-def instance_metrics(true: Any, pred: Any, match_iou: float = 0.5) -> dict[str, float | int]:
+def instance_metrics(true: Any, pred: Any, match_iou: float = DEFAULT_MATCH_IOU) -> dict[str, float | int]:
     """Dice, AJI, AJI+, DQ, SQ, PQ and the PQ counts of one image pair, from one contingency table."""
     table = contingency(true, pred)
     result = pq_of(table, match_iou)
@@ -432,324 +428,109 @@ def nanmean(values: Sequence[float]) -> float:
     return math.fsum(kept) / len(kept) if kept else math.nan
 
 
-# ----------------------------------------------------------------------------------------- input sources
-
-
-@dataclass
-class LabelSource:
-    """Instance maps on one side of an evaluation: names, a loader per index, and whether they are an array."""
-
-    description: str
-    names: list[str]
-    load: Callable[[int], np.ndarray]
-    where: Callable[[int], str]
-    is_array: bool
-
-
-LABEL_SUFFIXES = (".tif", ".tiff", ".mat")
-
-
-def _inst_map_from_array(values: Any, where: str) -> np.ndarray:
-    try:
-        return as_labels(values, where)
-    except ValueError as exc:
-        raise InputError(f"{where}: {str(exc).split(': ', 1)[-1]}") from exc
-
-
-def read_mat_inst_map(path: Path) -> np.ndarray:
-    """``inst_map`` of a hover_net/CoNSeP ``.mat`` file (``inst_type`` is not needed for these metrics)."""
-    from scipy.io import loadmat
-
-    try:
-        with Path(path).open("rb") as handle:
-            header = handle.read(128)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if header.startswith(b"MATLAB 7.3"):  # v7.3 files are HDF5 containers, which scipy cannot read
-        raise InputError(
-            f"cannot read {path}: MATLAB v7.3 (HDF5) files are not supported",
-            hint="save it with scipy.io.savemat or MATLAB's save -v7",
-        )
-    try:
-        content = loadmat(path, variable_names=["inst_map"])
-    except Exception as exc:  # scipy raises several types for damaged files
-        raise InputError(f"cannot read {path}: not a readable .mat file ({type(exc).__name__}: {exc})") from exc
-    if "inst_map" not in content:
-        raise InputError(f"{path}: no 'inst_map' variable", hint="hover_net .mat files hold inst_map (H x W ids)")
-    inst = np.asarray(content["inst_map"])
-    if inst.ndim != 2:
-        raise InputError(f"{path}: inst_map has shape {inst.shape}; expected a 2-D map of instance ids")
-    return _inst_map_from_array(inst, str(path))
-
-
-def _file_source(files: list[Path], description: str) -> LabelSource:
-    from histostain.io.images import read_label_tiff
-
-    stems: dict[str, Path] = {}
-    for path in files:
-        if path.stem in stems:
-            raise InputError(
-                f"{description}: two label files share the stem {path.stem!r} ({stems[path.stem].name}, {path.name})"
-            )
-        stems[path.stem] = path
-    names = sorted(stems)
-
-    def load(index: int) -> np.ndarray:
-        path = stems[names[index]]
-        if path.suffix.lower() == ".mat":
-            return read_mat_inst_map(path)
-        return _inst_map_from_array(read_label_tiff(path), str(path))
-
-    return LabelSource(description, names, load, lambda i: str(stems[names[i]]), is_array=False)
-
-
-def _choose_split(folder: Path, splits: Sequence[str], split: str | None) -> str:
-    if split is not None:
-        if split not in splits:
-            raise ConfigError(f"{folder}: prepared data has no split {split!r}; it has {', '.join(splits)}")
-        return split
-    if "test" in splits:
-        return "test"
-    if len(splits) == 1:
-        return next(iter(splits))
-    raise ConfigError(f"{folder}: holds the splits {', '.join(splits)}; choose one with --split")
-
-
-class NpyRows:
-    """Rows (axis 0) of a C-order ``.npy`` file, read with plain file reads a chunk at a time.
-
-    Behaves like a read-only array for ``len``, ``shape``, ``dtype`` and ``rows[i]`` (a fresh copy). Unlike a
-    memory map, whose touched pages count towards the resident size, memory stays at one chunk whatever the
-    file size (PanNuke's masks.npy is 8.6 GB of float64 per fold). Pickled object arrays are refused.
-    """
-
-    def __init__(self, path: Path, what: str, chunk: int = 16) -> None:
-        if not path.is_file():
-            raise InputError(f"{what} not found: {path}")
-        try:
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise InputError(
-                f"cannot read {path}: {str(exc).splitlines()[0]}", hint="expected a plain numeric .npy array"
-            ) from exc
-        except (OSError, EOFError) as exc:
-            raise InputError(f"cannot read {path}: {exc}") from exc
-        if mapped.ndim < 1:
-            raise InputError(f"{path}: holds a scalar; expected an array of images")
-        if mapped.ndim > 1 and not mapped.flags.c_contiguous:
-            raise InputError(f"{path}: stored in Fortran order", hint="re-save it with numpy.ascontiguousarray")
-        self.path = path
-        self.shape: tuple[int, ...] = tuple(mapped.shape)
-        self.dtype = mapped.dtype
-        self.ndim = len(self.shape)
-        self._offset = int(getattr(mapped, "offset", 0))
-        del mapped
-        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._chunk = max(1, chunk)
-        self._buffer: np.ndarray | None = None
-        self._start = self._stop = 0
-        self._handle: Any = None
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if not 0 <= index < self.shape[0]:
-            raise IndexError(f"row {index} of {self.shape[0]}")
-        if not self._start <= index < self._stop:
-            stop = min(index + self._chunk, self.shape[0])
-            if self._buffer is None:
-                self._buffer = np.empty((self._chunk, *self.shape[1:]), self.dtype)
-                self._handle = self.path.open("rb")
-            view = self._buffer[: stop - index]
-            self._handle.seek(self._offset + index * self._row_bytes)
-            got = self._handle.readinto(memoryview(view.reshape(-1).view(np.uint8)))
-            if got != (stop - index) * self._row_bytes:
-                raise InputError(f"{self.path}: truncated at row {index}", hint="the file is shorter than its header")
-            self._start, self._stop = index, stop
-        assert self._buffer is not None
-        return self._buffer[index - self._start].copy()
-
-    def close(self) -> None:
-        if getattr(self, "_handle", None) is not None:  # also safe on an object whose __init__ raised
-            self._handle.close()
-            self._handle = None
-        self._buffer = None
-        self._start = self._stop = 0
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def prepared_pannuke_split(folder: Path, split: str | None) -> tuple[str, list[str]]:
-    """The split a prepared PanNuke folder is evaluated on, and its sample ids in row order."""
-    from histostain.datasets.prepared import load_prepared
-
-    manifest = load_prepared(folder)
-    if manifest.dataset != "pannuke":
-        raise InputError(
-            f"{folder}: prepared {manifest.dataset!r} data has no instance maps; expected prepared PanNuke data"
-        )
-    chosen = _choose_split(folder, list(manifest.splits), split)
-    ids = [str(s.get("id", i)) for i, s in enumerate(s for s in manifest.samples if s.get("split") == chosen)]
-    return chosen, ids
-
-
-def _array_source(array: NpyRows, names: list[str], path: Path, description: str, binarize: bool) -> LabelSource:
-    """Rows of ``(N, H, W)`` instance maps, or ``(N, H, W, C>=5)`` PanNuke masks merged with binarize."""
-    if binarize:
-        if array.ndim != 4 or array.shape[-1] < 5:
-            raise InputError(f"{path}: shape {array.shape}; expected PanNuke masks (N, H, W, 6)")
-    elif array.ndim != 3:
-        raise InputError(f"{path}: shape {array.shape}; expected instance maps (N, H, W)")
-    if len(names) != array.shape[0]:
-        raise InputError(f"{path}: holds {array.shape[0]} maps but the manifest lists {len(names)} samples")
-
-    def load(index: int) -> np.ndarray:
-        from histostain.metrics.pannuke import binarize as merge
-
-        row = np.asarray(array[index])
-        if binarize:
-            return merge(_inst_map_from_array(row[..., :5], f"{path} row {index}"))
-        return _inst_map_from_array(row, f"{path} row {index}")
-
-    return LabelSource(description, names, load, lambda i: f"{path} row {i}", is_array=True)
-
-
-def open_label_source(path: Path, split: str | None = None, side: str = "true") -> LabelSource:
-    """Instance maps from label TIFFs / ``.mat`` files (a folder or one file), prepared PanNuke data or masks.npy."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{side} not found: {path}")
-    if path.is_file():
-        if path.name.endswith(".npy"):
-            array = NpyRows(path, "masks.npy")
-            return _array_source(array, [str(i) for i in range(array.shape[0])], path, str(path), binarize=True)
-        if path.suffix.lower() not in LABEL_SUFFIXES:
-            raise InputError(f"{path}: not a label file; expected .tif/.tiff label images or hover_net .mat files")
-        return _file_source([path], str(path))
-    if (path / "manifest.json").is_file():
-        chosen, ids = prepared_pannuke_split(path, split)
-        maps = path / chosen / "inst_maps.npy"
-        return _array_source(NpyRows(maps, "inst_maps.npy"), ids, maps, f"{path} ({chosen})", binarize=False)
-    if (path / "masks.npy").is_file():
-        array = NpyRows(path / "masks.npy", "masks.npy")
-        names = [str(i) for i in range(array.shape[0])]
-        return _array_source(array, names, path / "masks.npy", str(path), binarize=True)
-    folder = path
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES)
-    if not files and (folder / "mat").is_dir():  # a hover_net run_infer output folder
-        folder = folder / "mat"
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".mat")
-    if not files:
-        raise InputError(
-            f"{path}: no instance maps found",
-            hint="expected label TIFFs (.tif), hover_net .mat files (inst_map), a prepared PanNuke folder "
-            "(manifest.json) or a PanNuke-layout folder with masks.npy",
-        )
-    return _file_source(files, str(folder))
-
-
-def pair_sources(true: LabelSource, pred: LabelSource) -> tuple[list[tuple[int, int]], list[str], list[str]]:
-    """Index pairs (true, pred): by position when both sides are arrays, else by file stem; plus unmatched names."""
-    if true.is_array and pred.is_array:
-        if len(true.names) != len(pred.names):
-            raise InputError(
-                f"{pred.description} holds {len(pred.names)} maps but {true.description} holds {len(true.names)}; "
-                "array inputs are paired row by row"
-            )
-        return [(i, i) for i in range(len(true.names))], [], []
-    pred_index = {name: i for i, name in enumerate(pred.names)}
-    pairs = [(i, pred_index[name]) for i, name in enumerate(true.names) if name in pred_index]
-    matched = {true.names[i] for i, _ in pairs}
-    unmatched_true = [name for name in true.names if name not in pred_index]
-    unmatched_pred = [name for name in pred.names if name not in matched]
-    if not pairs:
-        raise InputError(
-            f"no image of {true.description} has a prediction with the same name in {pred.description}",
-            hint="ground truth and prediction files are paired by file stem (e.g. img_01.tif and img_01.mat)",
-        )
-    return pairs, unmatched_true, unmatched_pred
-
-
-# ------------------------------------------------------------------------------------------------ service
-
-
-def evaluate_instance(
-    true: Path,
-    pred: Path,
-    *,
-    protocol: str = "hovernet",
-    match_iou: float = 0.5,
-    split: str | None = None,
-) -> EvaluationResult:
-    """Score predicted instance maps against the ground truth.
-
-    ``protocol="hovernet"``: per-image Dice, AJI, AJI+, DQ, SQ, PQ, their means over images (what hover_net's
-    ``compute_stats.py`` prints) and the dataset-level pooled DQ/SQ/PQ. ``protocol="pannuke"``: mPQ and bPQ of
-    the official PanNuke-metrics script (see :mod:`histostain.metrics.pannuke`).
-    """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    if not 0.0 <= match_iou < 1.0:
-        raise ConfigError(f"match IoU must be within [0, 1), got {match_iou}")
-    if protocol == "pannuke":
-        from histostain.metrics.pannuke import evaluate_pannuke
-
-        return evaluate_pannuke(Path(true), Path(pred), split=split, match_iou=match_iou)
-    return _evaluate_hovernet(Path(true), Path(pred), match_iou, split)
-
+# ------------------------------------------------------------------------------------ aggregation over images
 
 HOVERNET_KEYS = ("dice", "aji", "aji_plus", "dq", "sq", "pq")
 SUMMARY_NAMES = {"dice": "Dice", "aji": "AJI", "aji_plus": "AJI+", "dq": "DQ", "sq": "SQ", "pq": "PQ"}
+AGGREGATION = "mean over images of the per-image scores (NaN skipped); *_pooled: TP/FP/FN/IoU summed"
 
 
-def _evaluate_hovernet(true: Path, pred: Path, match_iou: float, split: str | None) -> EvaluationResult:
-    from histostain.metrics.report import EvaluationResult
-    from histostain.runtime.progress import track
+def check_match_iou(match_iou: float) -> float:
+    """The PQ match threshold as a user gives it: within [0, 1) (IoU > 1 is impossible, so 1 would match nothing)."""
+    if not 0.0 <= match_iou < 1.0:
+        raise ConfigError(f"match IoU must be within [0, 1), got {match_iou}")
+    return float(match_iou)
 
-    true_source = open_label_source(true, split, side="true")
-    pred_source = open_label_source(pred, split, side="pred")
-    pairs, unmatched_true, unmatched_pred = pair_sources(true_source, pred_source)
-    rows: list[dict[str, Any]] = []
-    for t_index, p_index in track(pairs, "evaluate instance", unit="image"):
-        true_map = true_source.load(t_index)
-        pred_map = pred_source.load(p_index)
-        if true_map.shape != pred_map.shape:
-            raise InputError(
-                f"{pred_source.where(p_index)}: shape {pred_map.shape} differs from the ground truth "
-                f"{true_source.where(t_index)} {true_map.shape}"
-            )
-        scores = instance_metrics(true_map, pred_map, match_iou)
-        rows.append({"image": true_source.names[t_index], **scores})
 
-    summary: dict[str, float | int | None] = {SUMMARY_NAMES[k]: nanmean([r[k] for r in rows]) for k in HOVERNET_KEYS}
-    totals = {k: sum(r[k] for r in rows) for k in ("tp", "fp", "fn")}
-    iou_sum = math.fsum(r["iou_sum"] for r in rows)
-    dq, sq, pq_value = pq_from_counts(totals["tp"], totals["fp"], totals["fn"], iou_sum)
-    summary.update({"DQ_pooled": dq, "SQ_pooled": sq, "PQ_pooled": pq_value})
-    summary.update({"images": len(rows), "TP": totals["tp"], "FP": totals["fp"], "FN": totals["fn"]})
-    undefined = {SUMMARY_NAMES[k]: sum(1 for r in rows if math.isnan(r[k])) for k in HOVERNET_KEYS}
-    warnings = []
-    if unmatched_true:
-        warnings.append(f"{len(unmatched_true)} ground-truth image(s) have no prediction and were left out")
-    if unmatched_pred:
-        warnings.append(f"{len(unmatched_pred)} prediction(s) have no ground truth and were left out")
-    both_empty = sum(1 for r in rows if r["n_true"] == 0 and r["n_pred"] == 0)
-    if both_empty:
-        warnings.append(f"{both_empty} image(s) are empty in both maps: their scores are undefined and skipped")
-    meta = {
-        "protocol": "hovernet",
-        "match_iou": match_iou,
-        "true": true_source.description,
-        "pred": pred_source.description,
-        "images": len(rows),
-        "aggregation": "mean over images of the per-image scores (NaN skipped); *_pooled: TP/FP/FN/IoU summed",
-        "undefined_images": undefined,
-        "unmatched_true": unmatched_true,
-        "unmatched_pred": unmatched_pred,
-    }
-    for row in rows:
-        row.pop("iou_sum")
-    log.info("evaluate instance (hover_net protocol): %d images, mean PQ %.4f", len(rows), summary["PQ"])
-    return EvaluationResult(metric="instance", summary=summary, per_image=rows, meta=meta, warnings=warnings)
+class InstanceScorer:
+    """The hover_net protocol over images fed one at a time: per-image rows, means over images, pooled PQ.
+
+    ``add(name, true, pred)`` scores one pair of instance maps (any integer ids, equal shapes) and keeps only its
+    row of numbers, so a caller can feed tiles as it makes them without holding them; ``result()`` returns the
+    summary (``Dice``, ``AJI``, ``AJI+``, ``DQ``, ``SQ``, ``PQ``: means over the images where each is defined, as
+    ``compute_stats.py --mode=instance`` prints them; ``DQ_pooled``/``SQ_pooled``/``PQ_pooled`` from TP, FP, FN and
+    IoUs summed over all images; ``images``, ``TP``, ``FP``, ``FN``), the per-image rows and the count of images
+    where a metric is undefined.
+    """
+
+    def __init__(self, match_iou: float = DEFAULT_MATCH_IOU) -> None:
+        self.match_iou = check_match_iou(match_iou)
+        self.rows: list[dict[str, Any]] = []
+        self._iou_sums: list[float] = []  # summed exactly (math.fsum) for the pooled SQ
+
+    def add(self, name: str, true: Any, pred: Any) -> dict[str, Any]:
+        """Score one image; returns its row: ``image``, the six scores, TP/FP/FN counts, ``n_true``, ``n_pred``."""
+        scores = instance_metrics(true, pred, self.match_iou)
+        self._iou_sums.append(float(scores.pop("iou_sum")))
+        row: dict[str, Any] = {"image": name, **scores}
+        self.rows.append(row)
+        return row
+
+    def result(self, provenance: Provenance | None = None) -> EvaluationResult:
+        """The aggregate of every image added so far (NaN scores when none was)."""
+        rows = self.rows
+        summary: dict[str, float | int | None] = {
+            SUMMARY_NAMES[k]: nanmean([r[k] for r in rows]) for k in HOVERNET_KEYS
+        }
+        tp, fp, fn = (sum(r[k] for r in rows) for k in ("tp", "fp", "fn"))
+        dq, sq, pq_value = pq_from_counts(tp, fp, fn, math.fsum(self._iou_sums))
+        summary.update({"DQ_pooled": dq, "SQ_pooled": sq, "PQ_pooled": pq_value})
+        summary.update({"images": len(rows), "TP": tp, "FP": fp, "FN": fn})
+        warnings = []
+        both_empty = sum(1 for r in rows if r["n_true"] == 0 and r["n_pred"] == 0)
+        if both_empty:
+            warnings.append(f"{both_empty} image(s) are empty in both maps: their scores are undefined and skipped")
+        meta = {
+            "protocol": "hovernet",
+            "match_iou": self.match_iou,
+            "images": len(rows),
+            "aggregation": AGGREGATION,
+            "undefined_images": {SUMMARY_NAMES[k]: sum(1 for r in rows if math.isnan(r[k])) for k in HOVERNET_KEYS},
+        }
+        return EvaluationResult(
+            metric="instance",
+            summary=summary,
+            per_image=[dict(row) for row in rows],
+            meta=meta,
+            warnings=warnings,
+            provenance=provenance,
+        )
+
+
+def score_instances(
+    images: Iterable[tuple[str, Any, Any]],
+    *,
+    match_iou: float = DEFAULT_MATCH_IOU,
+    provenance: Provenance | None = None,
+) -> EvaluationResult:
+    """:class:`InstanceScorer` over ``(name, true map, predicted map)`` triples (any iterable, consumed once)."""
+    scorer = InstanceScorer(match_iou)
+    for name, true, pred in images:
+        scorer.add(name, true, pred)
+    return scorer.result(provenance)
+
+
+__all__ = [
+    "AJI_EPS",
+    "SQ_EPS",
+    "Contingency",
+    "InstanceScorer",
+    "Labels",
+    "PQResult",
+    "Pairing",
+    "aji",
+    "aji_plus",
+    "as_labels",
+    "check_match_iou",
+    "contingency",
+    "contingency_of",
+    "dice",
+    "instance_metrics",
+    "nanmean",
+    "pq",
+    "pq_from_counts",
+    "pq_of",
+    "relabel",
+    "remap_label",
+    "score_instances",
+]

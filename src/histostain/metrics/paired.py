@@ -1,4 +1,4 @@
-"""Full-reference metrics on aligned image pairs (``histostain evaluate paired``): PSNR, SSIM and friends.
+"""Full-reference metrics on aligned image pairs (arrays): PSNR, SSIM and friends.
 
 PSNR and SSIM follow the BCI protocol exactly (scikit-image, uint8 RGB at full resolution, data range 255,
 ``channel_axis=-1``, the default uniform 7 x 7 window, mean over images). MAE and Pearson correlation are the
@@ -8,23 +8,16 @@ al. 2018) are implemented from their papers and their authors' reference code co
 
 Direction: GMSD and MDSI are distances (0 = identical, larger = worse); SSIM, HaarPSI and Pearson are
 similarities (1 = identical); PSNR is infinite for identical images.
+
+The ``evaluate paired`` service (folders, pairing by stem) is :mod:`histostain.metrics.evaluate_paired`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings as _warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-from histostain.errors import ConfigError, InputError
-from histostain.metrics.report import EvaluationResult
-
-log = logging.getLogger(__name__)
 
 MS_GMSD_WEIGHTS = (0.096, 0.596, 0.289, 0.019)  # scale weights from the MS-GMSD paper (finest first)
 _PREWITT_SMOOTH = np.ones(3) / 3.0
@@ -285,7 +278,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-# --------------------------------------------------------------------------------------------- service
+# --------------------------------------------------------------------------------------------- registry
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "psnr": psnr,
@@ -297,136 +290,12 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "haarpsi": haarpsi,
 }
 DEFAULT_METRICS = tuple(METRICS)
-_MAX_LISTED = 10
-
-
-def _images_by_stem(folder: Path, role: str) -> dict[str, Path]:
-    from histostain.io.images import list_images
-
-    found: dict[str, Path] = {}
-    for path in list_images(folder):
-        if path.stem in found:
-            raise InputError(
-                f"{role}: {found[path.stem].name} and {path.name} share the stem {path.stem!r}",
-                hint="pairs are matched by file name without extension; keep one of them",
-            )
-        found[path.stem] = path
-    return found
-
-
-def _listed(stems: Sequence[str]) -> str:
-    shown = ", ".join(stems[:_MAX_LISTED])
-    return shown + (f" ... and {len(stems) - _MAX_LISTED} more" if len(stems) > _MAX_LISTED else "")
-
-
-def evaluate_paired(real: Path, fake: Path, *, metrics: list[str] | None = None) -> EvaluationResult:
-    """Per-pair and mean PSNR/SSIM/MAE/Pearson/MS-GMSD/MDSI/HaarPSI of ``fake`` images against ``real`` ones.
-
-    ``real``/``fake`` are folders (or single files) paired by file stem; unmatched stems are reported. Pairs
-    must have the same size. The summary is the mean over pairs of each metric (PSNR over the finite values;
-    identical pairs are counted in ``meta``).
-    """
-    from histostain.io.images import read_image
-    from histostain.runtime.progress import track
-
-    names = list(metrics) if metrics else list(DEFAULT_METRICS)
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"unknown paired metric(s): {', '.join(unknown)}", hint=f"choose from {', '.join(METRICS)}")
-    real, fake = Path(real), Path(fake)
-    real_files = _images_by_stem(real, "real")
-    fake_files = _images_by_stem(fake, "fake")
-    if real.is_file() and fake.is_file():
-        pairs = {real.stem: (real, fake)}
-        only_real: list[str] = []
-        only_fake: list[str] = []
-    else:
-        common = sorted(set(real_files) & set(fake_files))
-        only_real = sorted(set(real_files) - set(fake_files))
-        only_fake = sorted(set(fake_files) - set(real_files))
-        if not common:
-            raise InputError(
-                f"no image stem in {fake} matches one in {real}",
-                hint="real and fake images pair by file name without extension (e.g. 001.png <-> 001.jpg)",
-            )
-        pairs = {s: (real_files[s], fake_files[s]) for s in common}
-    warnings: list[str] = []
-    if only_real:
-        warnings.append(f"{len(only_real)} real image(s) without a fake, skipped: {_listed(only_real)}")
-    if only_fake:
-        warnings.append(f"{len(only_fake)} fake image(s) without a real one, skipped: {_listed(only_fake)}")
-
-    rows: list[dict[str, Any]] = []
-    resolutions: dict[str, int] = {}
-    for stem in track(list(pairs), "Comparing image pairs", total=len(pairs), unit="pair"):
-        real_path, fake_path = pairs[stem]
-        a, b = read_image(real_path), read_image(fake_path)
-        if a.shape != b.shape:
-            raise InputError(
-                f"{fake_path}: {b.shape[1]}x{b.shape[0]} differs from {real_path} ({a.shape[1]}x{a.shape[0]})",
-                hint="paired metrics need aligned images of the same size; resize or crop them first",
-            )
-        key = f"{a.shape[1]}x{a.shape[0]}"
-        resolutions[key] = resolutions.get(key, 0) + 1
-        row: dict[str, Any] = {"stem": stem, "width": a.shape[1], "height": a.shape[0]}
-        for name in names:
-            try:
-                with _warnings.catch_warnings():
-                    _warnings.simplefilter("ignore", RuntimeWarning)
-                    row[name] = METRICS[name](a, b)
-            except ValueError as exc:
-                raise InputError(f"{real_path} / {fake_path}: {name}: {exc}") from exc
-        rows.append(row)
-
-    summary: dict[str, float | int | None] = {}
-    identical = 0
-    for name in names:
-        values = np.array([row[name] for row in rows], dtype=np.float64)
-        if name == "psnr":
-            identical = int(np.count_nonzero(np.isinf(values)))
-            values = values[np.isfinite(values)]
-        finite = values[~np.isnan(values)]
-        summary[name] = float(finite.mean()) if len(finite) else math.nan
-    summary["n_pairs"] = len(rows)
-    if identical:
-        warnings.append(f"{identical} pair(s) are identical (PSNR infinite) and left out of the mean PSNR")
-    undefined = {
-        name: int(sum(1 for r in rows if isinstance(r[name], float) and math.isnan(r[name]))) for name in names
-    }
-    undefined = {k: v for k, v in undefined.items() if v}
-    if undefined:
-        warnings.append(f"undefined values (NaN, e.g. Pearson on a flat image) left out of the means: {undefined}")
-    meta: dict[str, Any] = {
-        "real": str(real),
-        "fake": str(fake),
-        "n_pairs": len(rows),
-        "metrics": names,
-        "resolutions": resolutions,
-        "protocol": "BCI: uint8 RGB at full resolution; skimage PSNR (data_range 255) and SSIM (channel_axis=-1, "
-        "data_range 255, uniform 7x7 window); mean over pairs",
-        "identical_pairs": identical,
-        "undefined": undefined,
-        "unmatched_real": only_real,
-        "unmatched_fake": only_fake,
-        "direction": {
-            "psnr": "higher is better",
-            "ssim": "higher is better",
-            "mae": "lower is better",
-            "pearson": "higher is better",
-            "ms_gmsd": "lower is better",
-            "mdsi": "lower is better",
-            "haarpsi": "higher is better",
-        },
-    }
-    log.info("paired: %d pairs at %s", len(rows), ", ".join(resolutions))
-    return EvaluationResult(metric="paired", summary=summary, per_image=rows, tables={}, meta=meta, warnings=warnings)
 
 
 __all__ = [
     "DEFAULT_METRICS",
     "METRICS",
     "MS_GMSD_WEIGHTS",
-    "evaluate_paired",
     "haarpsi",
     "mae",
     "mdsi",

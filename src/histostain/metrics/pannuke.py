@@ -1,4 +1,4 @@
-"""The official PanNuke evaluation (``TissueImageAnalytics/PanNuke-metrics`` ``run.py``): mPQ and bPQ.
+"""The official PanNuke evaluation (``TissueImageAnalytics/PanNuke-metrics`` ``run.py``) on arrays: mPQ and bPQ.
 
 Per image ``i`` (masks ``(H, W, C)``, channels 0-4 = Neoplastic, Inflammatory, Connective, Dead, Epithelial
 instance ids; further channels ignored):
@@ -16,39 +16,28 @@ Where the reference crashes, this module does not: binarize leaves gaps in the i
 overwritten by a later channel (``IndexError`` in ``get_fast_pq``); here the merged map is renumbered, which
 gives the value the reference would give with contiguous ids. The reference's ``class_stats.csv`` puts the
 Connective value in the Inflammatory row and drops the class names; the tables here are labelled correctly.
+
+Reading ``masks.npy``/``types.npy`` is :mod:`histostain.metrics.instance_sources`; the ``evaluate instance
+--protocol pannuke`` service is :mod:`histostain.metrics.evaluate_instance`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-# masks.npy channel order and the 19 tissues in the order of the script's tables (one source of truth)
-from histostain.datasets.pannuke import CLASS_NAMES, TISSUES
 from histostain.errors import InputError
-from histostain.metrics.instance import (
-    Labels,
-    NpyRows,
-    as_labels,
-    contingency_of,
-    nanmean,
-    pq_of,
-    prepared_pannuke_split,
-    relabel,
-)
+from histostain.metrics.defaults import DEFAULT_MATCH_IOU
+from histostain.metrics.instance import Labels, as_labels, contingency_of, nanmean, pq_of, relabel
 
-if TYPE_CHECKING:
-    from histostain.metrics.report import EvaluationResult
+# masks.npy channel order and the 19 tissues in the order of the script's tables
+from histostain.vocabulary import PANNUKE_CLASSES, PANNUKE_TISSUES
 
-log = logging.getLogger(__name__)
-
-N_CLASSES = len(CLASS_NAMES)
+N_CLASSES = len(PANNUKE_CLASSES)
 
 
 def _class_planes(masks: Any, name: str) -> np.ndarray:
@@ -88,7 +77,7 @@ def binarize(classes: Any) -> np.ndarray:
     return _merge(_channel_labels(planes)).dense().reshape(array.shape[:2])
 
 
-def image_pq(true_masks: Any, pred_masks: Any, match_iou: float = 0.5) -> tuple[float, list[float]]:
+def image_pq(true_masks: Any, pred_masks: Any, match_iou: float = DEFAULT_MATCH_IOU) -> tuple[float, list[float]]:
     """(bPQ, [PQ per class]) of one image ``(H, W, C>=5)``; NaN where the ground truth has nothing to find."""
     true_planes = _class_planes(true_masks, "true masks")
     pred_planes = _class_planes(pred_masks, "pred masks")
@@ -123,8 +112,8 @@ class PanNukeScores:
 
 def _tissue_order(tissues: Sequence[str]) -> tuple[list[str], list[str]]:
     present = set(tissues)
-    known = [t for t in TISSUES if t in present]
-    extra = sorted(present - set(TISSUES))
+    known = [t for t in PANNUKE_TISSUES if t in present]
+    extra = sorted(present - set(PANNUKE_TISSUES))
     return known + extra, extra
 
 
@@ -140,7 +129,7 @@ def pannuke_scores(
     pred_masks: Any,
     tissues: Sequence[str],
     *,
-    match_iou: float = 0.5,
+    match_iou: float = DEFAULT_MATCH_IOU,
     names: Sequence[str] | None = None,
     true_label: str = "true masks.npy",
     pred_label: str = "pred masks.npy",
@@ -161,7 +150,7 @@ def pannuke_scores(
         row["tissue"] = str(tissues[index])
         row["mPQ"] = nanmean(per_class)
         row["bPQ"] = binary
-        for name, value in zip(CLASS_NAMES, per_class, strict=True):
+        for name, value in zip(PANNUKE_CLASSES, per_class, strict=True):
             row[f"PQ_{name}"] = value
         for channel, value in enumerate(per_class):
             class_values[channel].append(value)
@@ -186,7 +175,7 @@ def pannuke_scores(
             "PQ": nanmean(class_values[channel]),
             "images": sum(1 for v in class_values[channel] if not math.isnan(v)),
         }
-        for channel, name in enumerate(CLASS_NAMES)
+        for channel, name in enumerate(PANNUKE_CLASSES)
     ]
     return PanNukeScores(
         mpq=nanmean([r["mPQ"] for r in per_tissue]),
@@ -198,116 +187,4 @@ def pannuke_scores(
     )
 
 
-# ------------------------------------------------------------------------------------------------- inputs
-
-
-@dataclass
-class _Side:
-    masks: NpyRows
-    masks_path: Path
-    types_path: Path | None
-    names: list[str] | None
-    description: str
-
-
-def _open_side(path: Path, split: str | None, side: str) -> _Side:
-    """masks.npy (and types.npy) of a PanNuke-metrics folder, a masks.npy file, or a prepared PanNuke split."""
-    if not path.exists():
-        raise InputError(f"{side} not found: {path}")
-    names = None
-    if path.is_file():
-        if path.name.endswith(".npy"):
-            folder, masks_path, description = path.parent, path, str(path)
-        else:
-            raise InputError(f"{path}: expected a folder holding masks.npy (the PanNuke-metrics layout)")
-    elif (path / "manifest.json").is_file():
-        chosen, names = prepared_pannuke_split(path, split)
-        folder = path / chosen / "eval"
-        masks_path, description = folder / "masks.npy", f"{path} ({chosen})"
-    else:
-        folder, masks_path, description = path, path / "masks.npy", str(path)
-    if not masks_path.is_file():
-        raise InputError(
-            f"{path}: no masks.npy",
-            hint="the PanNuke protocol reads masks.npy (N, H, W, 6) and types.npy, as PanNuke-metrics run.py",
-        )
-    masks = NpyRows(masks_path, "masks.npy")
-    if masks.ndim != 4 or masks.shape[-1] < N_CLASSES:
-        raise InputError(f"{masks_path}: shape {masks.shape}; expected PanNuke masks (N, H, W, 6)")
-    if masks.dtype.kind not in "iufb":
-        raise InputError(f"{masks_path}: dtype {masks.dtype}; expected numeric instance ids")
-    types_path = folder / "types.npy"
-    return _Side(masks, masks_path, types_path if types_path.is_file() else None, names, description)
-
-
-def _read_tissues(path: Path | None, masks_path: Path, n: int) -> list[str]:
-    if path is None:
-        raise InputError(
-            f"no types.npy beside {masks_path}",
-            hint="the PanNuke protocol averages per tissue: types.npy holds each image's tissue name",
-        )
-    try:
-        types = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(
-            f"cannot read {path}: {str(exc).splitlines()[0]}",
-            hint="expected a plain unicode array of tissue names (object arrays are not loaded)",
-        ) from exc
-    if types.ndim != 1 or types.shape[0] != n:
-        raise InputError(f"{path}: shape {types.shape}; expected ({n},), one tissue name per image of {masks_path}")
-    if types.dtype.kind == "S":
-        return [t.decode("utf-8", "replace") for t in types.tolist()]
-    if types.dtype.kind != "U":
-        raise InputError(f"{path}: dtype {types.dtype}; expected tissue names (strings)")
-    return [str(t) for t in types.tolist()]
-
-
-def evaluate_pannuke(true: Path, pred: Path, *, split: str | None = None, match_iou: float = 0.5) -> EvaluationResult:
-    """The official PanNuke protocol on ``true``/``pred`` folders; summary mPQ, bPQ; tables per class/tissue."""
-    from histostain.metrics.report import EvaluationResult
-
-    truth = _open_side(Path(true), split, "true")
-    guess = _open_side(Path(pred), split, "pred")
-    if truth.masks.shape[:3] != guess.masks.shape[:3]:
-        raise InputError(
-            f"{guess.masks_path}: shape {guess.masks.shape} does not match the ground truth "
-            f"{truth.masks_path} {truth.masks.shape}; expected the same images in the same order"
-        )
-    tissues = _read_tissues(truth.types_path, truth.masks_path, truth.masks.shape[0])
-    scores = pannuke_scores(
-        truth.masks,
-        guess.masks,
-        tissues,
-        match_iou=match_iou,
-        names=truth.names,
-        true_label=str(truth.masks_path),
-        pred_label=str(guess.masks_path),
-    )
-    warnings = []
-    if scores.extra_tissues:
-        warnings.append(
-            f"types.npy names tissues outside the 19 PanNuke tissues ({', '.join(scores.extra_tissues)}); "
-            "they are averaged as tissues of their own (PanNuke-metrics would leave them out of mPQ/bPQ)"
-        )
-    if match_iou != 0.5:
-        warnings.append(f"match IoU {match_iou} is not the published 0.5: not comparable with PanNuke tables")
-    empty = sum(1 for row in scores.per_image if math.isnan(row["bPQ"]))
-    log.info("PanNuke protocol: %d images, mPQ %.4f, bPQ %.4f", len(scores.per_image), scores.mpq, scores.bpq)
-    meta = {
-        "protocol": "pannuke",
-        "match_iou": match_iou,
-        "true": truth.description,
-        "pred": guess.description,
-        "images": len(scores.per_image),
-        "images_without_nuclei": empty,
-        "tissues": len(scores.per_tissue),
-        "aggregation": "per image: bPQ and nanmean of class PQs; per tissue: nanmean; mPQ/bPQ: mean over tissues",
-    }
-    return EvaluationResult(
-        metric="instance",
-        summary={"mPQ": scores.mpq, "bPQ": scores.bpq},
-        per_image=scores.per_image,
-        tables={"per_class": scores.per_class, "per_tissue": scores.per_tissue},
-        meta=meta,
-        warnings=warnings,
-    )
+__all__ = ["N_CLASSES", "PanNukeScores", "binarize", "image_pq", "pannuke_scores"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from histostain.io.atomic import atomic_write_text
+from histostain.provenance import Provenance
 
 
 def _plain(value: Any) -> Any:
@@ -33,8 +34,12 @@ class EvaluationResult:
     ``summary``: the headline numbers (name -> value), shown in the table and stored in JSON.
     ``per_image``: one dict per image/pair (written as the per-image CSV).
     ``tables``: further named tables (per class, per tissue, per threshold), each a list of row dicts.
-    ``meta``: counts and provenance (N, radius, protocol, unmatched stems, weights file, ...).
+    ``meta``: how the numbers were made (N, radius, protocol, unmatched stems, weights file, ...).
     ``warnings``: sentences the CLI shows in yellow (e.g. "N = 500 < 2048: FID is biased upwards").
+    ``provenance``: who asked for it: the command line as typed, the version, the time and the resolved options.
+    The file-based services always fill it (the CLI's record, or one they capture for a library caller); the
+    array-level scorers leave it None unless given one, since their caller (e.g. the pipeline) keeps its own
+    run record. JSON holds ``"provenance": null`` then.
     """
 
     metric: str
@@ -43,6 +48,7 @@ class EvaluationResult:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    provenance: Provenance | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _plain(
@@ -52,6 +58,7 @@ class EvaluationResult:
                 "tables": self.tables,
                 "meta": self.meta,
                 "warnings": self.warnings,
+                "provenance": None if self.provenance is None else self.provenance.to_dict(),
                 "per_image": self.per_image,
             }
         )

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 if TYPE_CHECKING:
-    from histostain.segmentation.train import HoVerNetConfig
+    from histostain.segmentation.config import HoVerNetConfig
 
 
 def _cv2_gaussian_kernel(ksize: int) -> np.ndarray:
@@ -133,6 +133,3 @@ class InputAugment:
             if limit > 0:
                 image = function(image, rng, limit)
         return image
-
-
-# ------------------------------------------------------------------------------------------------ data

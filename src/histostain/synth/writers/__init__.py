@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from histostain.synth.writers.base import LayoutWriter, NpyStream, TileSpec
+from histostain.synth.writers.base import LayoutWriter, TileSpec
 from histostain.synth.writers.bci import BCIWriter
 from histostain.synth.writers.endonuke import EndoNukeWriter
 from histostain.synth.writers.pannuke import PanNukeWriter
@@ -15,4 +15,4 @@ WRITERS: dict[str, type[LayoutWriter]] = {
     "tiles": TilesWriter,
 }
 
-__all__ = ["WRITERS", "LayoutWriter", "NpyStream", "TileSpec"]
+__all__ = ["WRITERS", "LayoutWriter", "TileSpec"]

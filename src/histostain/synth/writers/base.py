@@ -5,9 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
-
-import numpy as np
+from typing import Any
 
 from histostain.synth.generate import DEFAULT_MPP, SynthTile
 
@@ -66,35 +64,3 @@ class LayoutWriter(ABC):
         path.write_text(text, encoding="utf-8")
         self.files_written += 1
         return path
-
-
-class NpyStream:
-    """Write a C-order .npy file of known shape tile by tile, so memory stays flat whatever the count."""
-
-    def __init__(self, path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> None:
-        self.path = path
-        self.dtype = np.dtype(dtype)
-        self.shape = shape
-        self.written = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: IO[bytes] | None = path.open("wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
-        np.lib.format.write_array_header_1_0(self._handle, header)
-
-    def append(self, item: np.ndarray) -> None:
-        if self._handle is None:
-            raise ValueError(f"{self.path} is closed")
-        if item.shape != self.shape[1:]:
-            raise ValueError(f"expected an item of shape {self.shape[1:]}, got {item.shape}")
-        if self.written >= self.shape[0]:
-            raise ValueError(f"{self.path} already holds {self.shape[0]} items")
-        self._handle.write(np.ascontiguousarray(item, dtype=self.dtype).tobytes())
-        self.written += 1
-
-    def close(self) -> None:
-        if self._handle is None:
-            return
-        handle, self._handle = self._handle, None
-        handle.close()
-        if self.written != self.shape[0]:
-            raise ValueError(f"{self.path}: wrote {self.written} of {self.shape[0]} items")

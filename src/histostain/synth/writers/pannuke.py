@@ -27,9 +27,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from histostain.errors import ConfigError
+from histostain.io.npy import NpyWriter
 from histostain.synth.constants import NUCLEUS_TYPES
 from histostain.synth.generate import SynthTile
-from histostain.synth.writers.base import LayoutWriter, NpyStream, TileSpec
+from histostain.synth.writers.base import LayoutWriter, TileSpec
 from histostain.vocabulary import PANNUKE_TISSUES
 
 TISSUE_DTYPE = f"<U{max(len(name) for name in PANNUKE_TISSUES)}"
@@ -82,8 +83,8 @@ class PanNukeWriter(LayoutWriter):
         self.folds = int(self.options.get("folds", 3))
         self.sizes = fold_sizes(self.n, self.folds)
         self._fold = 0
-        self._images: NpyStream | None = None
-        self._masks: NpyStream | None = None
+        self._images: NpyWriter | None = None
+        self._masks: NpyWriter | None = None
         self._types: list[str] = []
         self._rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2**31,)))
 
@@ -112,8 +113,8 @@ class PanNukeWriter(LayoutWriter):
     def _open_fold(self, fold: int, size: int) -> None:
         count = self.sizes[fold - 1]
         base = self.root / f"Fold {fold}"
-        self._images = NpyStream(base / f"images/fold{fold}/images.npy", np.float64, (count, size, size, 3))
-        self._masks = NpyStream(base / f"masks/fold{fold}/masks.npy", np.float64, (count, size, size, 6))
+        self._images = NpyWriter(base / f"images/fold{fold}/images.npy", np.float64, (count, size, size, 3))
+        self._masks = NpyWriter(base / f"masks/fold{fold}/masks.npy", np.float64, (count, size, size, 6))
         self._types = []
         self._fold = fold
 
@@ -147,8 +148,8 @@ class PanNukeWriter(LayoutWriter):
             masks[..., 5] = 0.0
             self._record("background_all_zero", fold, spec.extra["patch"])
         self._inject(spec, tile, masks)
-        self._images.append(tile.he.astype(np.float64))
-        self._masks.append(masks)
+        self._images.append(tile.he[None])
+        self._masks.append(masks[None])
         self._types.append(tile.tissue)
 
     def close(self) -> None:
@@ -156,8 +157,8 @@ class PanNukeWriter(LayoutWriter):
 
     def abort(self) -> None:
         for stream in (self._images, self._masks):
-            if stream is not None and stream._handle is not None:
-                stream._handle.close()
+            if stream is not None:
+                stream.abort()
 
     # ------------------------------------------------------------------------------------------- quirks
 
