@@ -12,16 +12,8 @@ from histostain.settings import load_settings
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in (
-        "HISTOSTAIN_DEVICE",
-        "HISTOSTAIN_PRECISION",
-        "HISTOSTAIN_HOME",
-        "HISTOSTAIN_CONFIG",
-        "HISTOSTAIN_NUM_THREADS",
-        "HISTOSTAIN_QUIET",
-        "XDG_CACHE_HOME",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    """HISTOSTAIN_* are cleared by conftest; the cache root also depends on XDG_CACHE_HOME."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.chdir(tmp_path)  # no stray ./histostain.toml
 
 

@@ -92,10 +92,19 @@ def _image_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class _EpochSeeded:
-    """``set_epoch`` and the per-sample generator shared by the datasets."""
+    """What every dataset here shares: one split of a prepared folder, ``set_epoch`` and per-sample draws."""
 
     seed: int = 0
     epoch: int = 0
+
+    def _open_split(self, prepared: Path, dataset: str, split: str, jitter: float, jitter_space: str) -> None:
+        """Check the colour-jitter options, then read the manifest and the split's sample records."""
+        _check_jitter(jitter, jitter_space)
+        self.folder = Path(prepared)
+        self.manifest = load_prepared(self.folder, dataset)
+        self.split = split
+        self.records = _split_records(self.folder, self.manifest, split)
+        self.ids = [record["id"] for record in self.records]
 
     def set_epoch(self, epoch: int) -> None:
         """Select the random draws of ``epoch`` (call before iterating each epoch)."""
@@ -150,12 +159,7 @@ class TranslationPairs(_EpochSeeded, Dataset):
             raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
         if crop is not None and crop <= 0:
             raise ConfigError(f"crop must be a positive number of pixels, got {crop}")
-        _check_jitter(colour_jitter, jitter_space)
-        self.folder = Path(prepared)
-        self.manifest = load_prepared(self.folder, "bci")
-        self.split = split
-        self.records = _split_records(self.folder, self.manifest, split)
-        self.ids = [record["id"] for record in self.records]
+        self._open_split(prepared, "bci", split, colour_jitter, jitter_space)
         self.paired = paired
         self.direction = direction
         self.crop = crop
@@ -281,11 +285,7 @@ class NucleiSamples(_EpochSeeded, Dataset):
         jitter_space: str = "hed",
         seed: int = 0,
     ) -> None:
-        _check_jitter(colour_jitter, jitter_space)
-        self.folder = Path(prepared)
-        self.manifest = load_prepared(self.folder, "pannuke")
-        self.split = split
-        self.records = _split_records(self.folder, self.manifest, split)
+        self._open_split(prepared, "pannuke", split, colour_jitter, jitter_space)
         self.augment = augment
         self.colour_jitter = float(colour_jitter)
         self.jitter_space = jitter_space
@@ -400,12 +400,7 @@ class KeypointSamples(_EpochSeeded, Dataset):
         jitter_space: str = "hed",
         seed: int = 0,
     ) -> None:
-        _check_jitter(colour_jitter, jitter_space)
-        self.folder = Path(prepared)
-        self.manifest = load_prepared(self.folder, "endonuke")
-        self.split = split
-        self.records = _split_records(self.folder, self.manifest, split)
-        self.ids = [record["id"] for record in self.records]
+        self._open_split(prepared, "endonuke", split, colour_jitter, jitter_space)
         self.augment = augment
         self.class_map = {int(k): int(v) for k, v in class_map.items()} if class_map is not None else None
         self.colour_jitter = float(colour_jitter)

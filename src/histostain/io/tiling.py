@@ -1,4 +1,4 @@
-"""Overlapping tiles over arbitrarily large images, and seamless stitching of per-tile model outputs.
+"""Tiling of images of any size for fixed-size models: tile plans, cutting and batching, seamless stitching.
 
 Models (CycleGAN generators, HoVer-Net) work on fixed-size tiles; slides and large crops do not come in
 multiples of that size. The engine here:
