@@ -30,13 +30,13 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert resolved.settings.home == tmp_path / "home" / ".cache" / "histostain"
     assert resolved.settings.weights_dir == resolved.settings.home / "weights"
     assert set(resolved.sources.values()) == {"default"}
-    assert resolved.config_file is None
+    assert resolved.settings_file is None
 
 
 def test_each_layer_beats_the_one_below(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = write_config(tmp_path / "cfg.toml", 'device = "cuda:1"\nprecision = "fp16"\nnum_threads = 3\n')
     # file only
-    resolved = load_settings(config_file=config)
+    resolved = load_settings(settings_file=config)
     assert (resolved.settings.device, resolved.settings.precision, resolved.settings.num_threads) == (
         "cuda:1",
         "fp16",
@@ -46,12 +46,12 @@ def test_each_layer_beats_the_one_below(monkeypatch: pytest.MonkeyPatch, tmp_pat
     # environment beats file
     monkeypatch.setenv("HISTOSTAIN_DEVICE", "mps")
     monkeypatch.setenv("HISTOSTAIN_NUM_THREADS", "2")
-    resolved = load_settings(config_file=config)
+    resolved = load_settings(settings_file=config)
     assert resolved.settings.device == "mps" and resolved.settings.num_threads == 2
     assert resolved.sources["device"] == "environment (HISTOSTAIN_DEVICE)"
     assert resolved.settings.precision == "fp16" and resolved.sources["precision"].startswith("file")
     # flag beats environment; a flag left unset (None) does not
-    resolved = load_settings({"device": "cpu", "precision": None}, config_file=config)
+    resolved = load_settings({"device": "cpu", "precision": None}, settings_file=config)
     assert resolved.settings.device == "cpu" and resolved.sources["device"] == "flag"
     assert resolved.settings.precision == "fp16"
     assert resolved.sources["quiet"] == "default"
@@ -76,9 +76,9 @@ def test_config_file_discovery_env_then_cwd(monkeypatch: pytest.MonkeyPatch, tmp
     write_config(tmp_path / "histostain.toml", 'precision = "fp32"\n')
     assert load_settings().settings.precision == "fp32"
     other = write_config(tmp_path / "other.toml", 'precision = "bf16"\n')
-    monkeypatch.setenv("HISTOSTAIN_CONFIG", str(other))
+    monkeypatch.setenv("HISTOSTAIN_SETTINGS", str(other))
     resolved = load_settings()
-    assert resolved.settings.precision == "bf16" and resolved.config_file == other
+    assert resolved.settings.precision == "bf16" and resolved.settings_file == other
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_config_file_discovery_env_then_cwd(monkeypatch: pytest.MonkeyPatch, tmp
 def test_bad_config_files_are_config_errors(tmp_path: Path, text: str, fragment: str) -> None:
     config = write_config(tmp_path / "bad.toml", text)
     with pytest.raises(ConfigError) as info:
-        load_settings(config_file=config)
+        load_settings(settings_file=config)
     assert fragment in info.value.message
     assert str(config) in info.value.message
 
@@ -106,5 +106,5 @@ def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatc
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config file not found"):
-        load_settings(config_file=tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="settings file not found"):
+        load_settings(settings_file=tmp_path / "nope.toml")

@@ -1,8 +1,11 @@
 """Settings shared by every command, with one precedence order.
 
-CLI flag > environment (``HISTOSTAIN_*``) > config file (``histostain.toml``) > built-in default.
-The config file is the one given with ``--config``, else ``$HISTOSTAIN_CONFIG``, else ``./histostain.toml``
+CLI flag > environment (``HISTOSTAIN_*``) > settings file (``histostain.toml``) > built-in default.
+The settings file is the one given with ``--settings``, else ``$HISTOSTAIN_SETTINGS``, else ``./histostain.toml``
 when it exists. :func:`load_settings` also records where each value came from, which ``doctor`` shows.
+
+A settings file is not a training configuration (``train ... --config``, a run's ``config.toml``): each is
+recognised when given to the other option, and the error says where it belongs.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from histostain.errors import ConfigError
 
 ENV_PREFIX = "HISTOSTAIN_"
-CONFIG_ENV = "HISTOSTAIN_CONFIG"
-DEFAULT_CONFIG_NAME = "histostain.toml"
+SETTINGS_ENV = "HISTOSTAIN_SETTINGS"
+DEFAULT_SETTINGS_NAME = "histostain.toml"
+# Keys that only a training configuration has (a run's config.toml has a [run] table): a file with any of them
+# and no known setting is a training config given to --settings.
+_TRAINING_KEYS = frozenset({"run", "epochs", "lr", "batch_size", "seed", "log_every", "save_every", "max_steps"})
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -83,46 +89,53 @@ class ResolvedSettings:
 
     settings: Settings
     sources: dict[str, str] = field(default_factory=dict)
-    config_file: Path | None = None
+    settings_file: Path | None = None
 
 
-def find_config_file(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
-    """The config file to read: the flag, else ``$HISTOSTAIN_CONFIG``, else ``./histostain.toml`` if present."""
+def find_settings_file(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The settings file to read: the flag, else ``$HISTOSTAIN_SETTINGS``, else ``./histostain.toml`` if present."""
     environ = os.environ if environ is None else environ
     if explicit is not None:
         if not explicit.is_file():
-            raise ConfigError(f"config file not found: {explicit}", hint="check the --config path")
+            raise ConfigError(f"settings file not found: {explicit}", hint="check the --settings path")
         return explicit
-    from_env = environ.get(CONFIG_ENV)
+    from_env = environ.get(SETTINGS_ENV)
     if from_env:
         path = Path(from_env).expanduser()
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (from {CONFIG_ENV})", hint=f"unset {CONFIG_ENV}")
+            raise ConfigError(f"settings file not found: {path} (from {SETTINGS_ENV})", hint=f"unset {SETTINGS_ENV}")
         return path
-    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    local = Path.cwd() / DEFAULT_SETTINGS_NAME
     return local if local.is_file() else None
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a TOML config file; syntax errors become a ConfigError naming the file."""
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML settings file; syntax errors, and a training configuration given here, are ConfigErrors."""
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            values = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the file or pass another --config") from exc
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the file or pass another --settings") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown and set(unknown) & _TRAINING_KEYS and not set(values) & set(Settings.model_fields):
+        raise ConfigError(
+            f"{path} is a training configuration ({', '.join(unknown[:3])}), not a histostain settings file",
+            hint=f"pass it to the training command: `histostain train cyclegan|hovernet ... --config {path}`",
+        )
+    return values
 
 
 def load_settings(
     flags: Mapping[str, Any] | None = None,
-    config_file: Path | None = None,
+    settings_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ResolvedSettings:
-    """Resolve the settings from flags (only those the user set), environment, config file and defaults."""
+    """Resolve the settings from flags (only those the user set), environment, settings file and defaults."""
     flags = {key: value for key, value in (flags or {}).items() if value is not None}
-    path = find_config_file(config_file, environ)
-    file_values = read_config_file(path) if path is not None else {}
+    path = find_settings_file(settings_file, environ)
+    file_values = read_settings_file(path) if path is not None else {}
 
     class _Bound(Settings):
         @classmethod
@@ -159,7 +172,7 @@ def load_settings(
             f"invalid setting {name}={first.get('input')!r} from {origin}: {first['msg']}",
             hint="see `histostain doctor` for the settings in force",
         ) from exc
-    return ResolvedSettings(settings=bound, sources=sources, config_file=path)
+    return ResolvedSettings(settings=bound, sources=sources, settings_file=path)
 
 
 def _environment_source(settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> PydanticBaseSettingsSource:

@@ -42,7 +42,7 @@ def test_doctor_shows_where_settings_came_from(run_cli, monkeypatch: pytest.Monk
     config = tmp_path / "site.toml"
     config.write_text(f'home = "{tmp_path / "cache"}"\nprecision = "fp32"\n')
     monkeypatch.setenv("HISTOSTAIN_PRECISION", "bf16")
-    code, out, _ = run_cli(["--config", str(config), "--device", "cpu", "doctor", "--json"])
+    code, out, _ = run_cli(["--settings", str(config), "--device", "cpu", "doctor", "--json"])
     assert code == 0
     settings = json.loads(out)["settings"]
     assert settings["device"] == {"value": "cpu", "source": "flag"}
@@ -60,18 +60,11 @@ def test_doctor_table_is_human_readable(run_cli) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--device", "cuda:7", "doctor"], "device 'cuda:7'"),
         (["--precision", "int8", "doctor"], "invalid setting precision='int8' from flag"),
-        (["--config", "missing.toml", "doctor"], "config file not found: missing.toml"),
+        (["--settings", "missing.toml", "doctor"], "settings file not found: missing.toml"),
     ],
 )
-def test_known_errors_print_one_red_line_and_exit_2(
-    run_cli, args: list[str], fragment: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import torch
-
-    if torch.cuda.device_count() > 7:
-        pytest.skip("this machine really has 8 GPUs")
+def test_known_errors_print_one_red_line_and_exit_2(run_cli, args: list[str], fragment: str) -> None:
     code, out, err = run_cli(args)
     assert code == 2
     assert out == ""

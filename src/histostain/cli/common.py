@@ -28,7 +28,7 @@ class AppState:
     precision: str | None = None
     quiet: bool = False
     debug: bool = False
-    config: Path | None = None
+    settings_file: Path | None = None
     _resolved: ResolvedSettings | None = field(default=None, repr=False)
 
     def flags(self) -> dict[str, Any]:
@@ -42,7 +42,7 @@ class AppState:
         if self._resolved is None:
             from histostain.settings import load_settings
 
-            self._resolved = load_settings(self.flags(), self.config)
+            self._resolved = load_settings(self.flags(), self.settings_file)
             configure_output(quiet=self._resolved.settings.quiet, debug=self.debug)
         return self._resolved
 
@@ -134,7 +134,7 @@ def print_summary(title: str, rows: list[tuple[str, str]], header: bool = True) 
 
     table = Table(title=title, title_justify="left", show_header=header)
     table.add_column("item", style="bold")
-    table.add_column("value", justify="right" if header else "left")
+    table.add_column("value", justify="right" if header else "left", overflow="fold")
     for name, value in rows:
         table.add_row(name, value)
     print_table(table)

@@ -18,7 +18,8 @@ from typer.core import TyperCommand, TyperGroup
 
 @dataclass(frozen=True)
 class LazyCommand:
-    """Where a command lives: ``module:attribute`` is a Typer sub-app or a command function."""
+    """Where a command lives: ``module:attribute`` is a Typer sub-app or a command function (whose module may
+    hold an ``EXAMPLE`` line for the end of its help)."""
 
     name: str
     target: str
@@ -26,12 +27,13 @@ class LazyCommand:
 
     def build(self) -> Any:
         module_name, _, attribute = self.target.partition(":")
-        obj = getattr(importlib.import_module(module_name), attribute)
+        module = importlib.import_module(module_name)
+        obj = getattr(module, attribute)
         if isinstance(obj, typer.Typer):
             command = typer.main.get_group(obj)
         else:
-            single = typer.Typer()
-            single.command(self.name)(obj)
+            single = typer.Typer(add_completion=False)
+            single.command(self.name, epilog=getattr(module, "EXAMPLE", None))(obj)
             command = typer.main.get_command(single)
         command.name = self.name
         return command

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from histostain.cli.common import print_json, print_summary, provenance, state
-from histostain.cli.options import JsonOpt
+from histostain.cli.options import JsonOpt, out_folder
 
 if TYPE_CHECKING:
     from histostain.datasets.prepared import PrepareSummary
@@ -18,13 +18,14 @@ prepare_app = typer.Typer(
     no_args_is_help=True,
 )
 
-SourceArg = Annotated[Path, typer.Argument(help="The unpacked dataset folder or the published zip.")]
-OutOpt = Annotated[Path, typer.Option("--out", help="Output folder for the prepared dataset.")]
+SourceArg = Annotated[Path, typer.Argument(metavar="SOURCE", help="The unpacked dataset folder or the published zip.")]
+OutOpt = Annotated[Path, out_folder("Output folder for the prepared dataset.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split assignment.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing prepared folder.")]
-FractionsOpt = Annotated[
-    str, typer.Option("--fractions", help="train,val,test fractions of a random split (by source image).")
-]
+
+
+def _fractions(unit: str) -> typer.models.OptionInfo:
+    return typer.Option("--fractions", help=f"train,val,test fractions of a random split (by {unit}).")
 
 
 def _render(summary: PrepareSummary, as_json: bool) -> None:
@@ -39,7 +40,9 @@ def _render(summary: PrepareSummary, as_json: bool) -> None:
     print_summary(f"histostain prepare {summary.dataset} -> {summary.out}: {status}", rows)
 
 
-@prepare_app.command("bci")
+@prepare_app.command(
+    "bci", epilog="Example: histostain prepare bci BCI_dataset/ -o prepared/bci --patch 512 --size 256"
+)
 def prepare_bci_command(
     ctx: typer.Context,
     source: SourceArg,
@@ -72,7 +75,7 @@ def prepare_bci_command(
     _render(summary, as_json)
 
 
-@prepare_app.command("pannuke")
+@prepare_app.command("pannuke", epilog='Example: histostain prepare pannuke "PanNuke folds/" -o prepared/pannuke')
 def prepare_pannuke_command(
     ctx: typer.Context,
     source: SourceArg,
@@ -80,7 +83,7 @@ def prepare_pannuke_command(
     split: Annotated[str, typer.Option("--split", help="official (by fold) | random (by patch).")] = "official",
     test_fold: Annotated[int, typer.Option("--test-fold", help="Official split: the test fold (1-3).")] = 3,
     val_fold: Annotated[int, typer.Option("--val-fold", help="Official split: the validation fold (1-3).")] = 2,
-    fractions: FractionsOpt = "0.6,0.2,0.2",
+    fractions: Annotated[str, _fractions("patch")] = "0.6,0.2,0.2",
     seed: SeedOpt = 0,
     chunk: Annotated[int, typer.Option("--chunk", help="Patches per processing chunk (bounds memory).")] = 64,
     overwrite: OverwriteOpt = False,
@@ -105,7 +108,7 @@ def prepare_pannuke_command(
     _render(summary, as_json)
 
 
-@prepare_app.command("endonuke")
+@prepare_app.command("endonuke", epilog="Example: histostain prepare endonuke data.zip -o prepared/endonuke --mpp 0.25")
 def prepare_endonuke_command(
     ctx: typer.Context,
     source: SourceArg,
@@ -114,7 +117,7 @@ def prepare_endonuke_command(
     crops: Annotated[str, typer.Option("--crops", help="none | seed (the seed project's 3 crops) | grid.")] = "none",
     crop_size: Annotated[int, typer.Option("--crop-size", help="Side of the crops.")] = 256,
     grid_overlap: Annotated[int, typer.Option("--grid-overlap", help="Overlap of grid crops in pixels.")] = 64,
-    fractions: FractionsOpt = "0.6,0.2,0.2",
+    fractions: Annotated[str, _fractions("source tile")] = "0.6,0.2,0.2",
     seed: SeedOpt = 0,
     annotator: Annotated[
         list[str] | None, typer.Option("--annotator", help="Only these annotators (repeatable; default all).")

@@ -8,16 +8,23 @@ from typing import Annotated
 import typer
 
 from histostain.cli.common import print_json, print_summary, provenance, state
-from histostain.cli.options import JsonOpt
+from histostain.cli.options import JsonOpt, out_folder
+
+EXAMPLE = "Example: histostain synth --layout bci --n 8 -o raw/ && histostain prepare bci raw/ -o prepared/bci"
 
 
 def synth(
     ctx: typer.Context,
-    layout: Annotated[str, typer.Option("--layout", help="bci | pannuke | endonuke | tiles")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder (must be empty or absent).")],
+    layout: Annotated[str, typer.Option("--layout", metavar="LAYOUT", help="bci | pannuke | endonuke | tiles")],
+    out: Annotated[Path, out_folder("Output folder (must be empty or absent).")],
     n: Annotated[int, typer.Option("--n", help="Number of tiles (H&E/IHC pairs).")] = 16,
     size: Annotated[
-        int | None, typer.Option("--size", help="Tile side in pixels (default 256; EndoNuke: a 200/400 mix).")
+        int | None,
+        typer.Option(
+            "--size",
+            help="Tile side in pixels.",
+            show_default="the published size: BCI 1024, PanNuke and tiles 256, EndoNuke a 200/400 mix",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same bytes.")] = 0,
     folds: Annotated[int, typer.Option("--folds", help="PanNuke only: number of folds.")] = 3,

@@ -20,8 +20,11 @@ from histostain.cli.options import (
     PartIdOpt,
     RecursiveOpt,
     TileOpt,
+    weights_file,
 )
 from histostain.io.defaults import DEFAULT_BATCH_SIZE, DEFAULT_IMAGE_FORMAT, DEFAULT_OVERLAP, DEFAULT_TILE
+
+EXAMPLE = "Example: histostain translate tiles/ -w runs/bci/checkpoints/last.pt --direction ihc2he -o he/"
 
 
 def translate(
@@ -29,13 +32,13 @@ def translate(
     inputs: InputsArg,
     weights: Annotated[
         Path,
-        typer.Option(
-            "--weights",
-            "-w",
-            help="Generator checkpoint: histostain (.pt), reference CycleGAN *_net_G*.pth, or seed generator_*.tar.",
+        weights_file(
+            "Generator checkpoint: histostain (.pt), reference CycleGAN *_net_G*.pth, or seed generator_*.tar."
         ),
     ],
-    direction: Annotated[str, typer.Option("--direction", help="ihc2he | he2ihc (picks G_A/G_B of a run).")],
+    direction: Annotated[
+        str, typer.Option("--direction", metavar="DIRECTION", help="ihc2he | he2ihc (picks G_A/G_B of a run).")
+    ],
     out: OutOpt,
     recursive: RecursiveOpt = False,
     tile: TileOpt = DEFAULT_TILE,

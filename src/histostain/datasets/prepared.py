@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from histostain.errors import ConfigError, DatasetLayoutError, InputError
 from histostain.io.atomic import atomic_directory, atomic_write_text, remove_stale_partials
+from histostain.io.writable import check_output_folder
 from histostain.provenance import Provenance, record_or_capture
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,7 @@ def prepare_dataset(
     compared on re-runs; ``provenance`` is the CLI's record (library callers get one made from ``options``).
     """
     started = time.perf_counter()
+    check_output_folder(out, "--out")  # before the source is fingerprinted or extracted
     info = fingerprint_source(source)
     existing = check_existing(out, dataset, info, options, overwrite)
     if existing is not None:

@@ -41,6 +41,7 @@ from histostain.io.images import read_image
 from histostain.io.inputs import BatchItem, OutputNames, check_output_folder, collect_items, outputs_with
 from histostain.io.run_record import RunRecord, is_record_name
 from histostain.io.sharding import Shard, resolve_shard
+from histostain.io.writable import check_output_folder as writable_folder
 from histostain.provenance import Provenance
 from histostain.runtime.progress import ProgressTask, progress_task
 
@@ -75,9 +76,7 @@ def plan_batch(
     environ: Mapping[str, str] | None = None,
 ) -> BatchPlan:
     """Collect and check the inputs, and pick this process's share; raises user errors, writes nothing."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder", hint="choose a folder for the outputs")
+    out = writable_folder(out_dir, "--out")  # a file there, a path through a file, a read-only folder: now
     shard = resolve_shard(num_parts, part_id, environ)
     items, specs = collect_items(inputs, out, outputs, recursive=recursive)
     check_output_folder(out, specs, items)

@@ -160,7 +160,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
 
     file = Path(path)
     if not file.is_file():
-        raise WeightsError(f"weights file not found: {file}", hint="check the path or run `histostain doctor`")
+        raise WeightsError(f"weights file not found: {file}", hint="check the path (weights are read from disk only)")
     if file.stat().st_size == 0:
         raise WeightsError(f"{file} is empty (0 bytes)", hint="the download or copy was interrupted; fetch it again")
     with file.open("rb") as handle:

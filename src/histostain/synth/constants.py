@@ -55,5 +55,8 @@ NUCLEUS_STATS: dict[int, NucleusStats] = {
     EPITHELIAL: NucleusStats((2.4, 3.4), (0.60, 0.85), (0.01, 0.05), (0.85, 1.15), 0.18),
 }
 
+# Tile side when --size is not given: each layout's published size (BCI images are 1024 x 1024, PanNuke patches
+# 256 x 256; EndoNuke mixes 200 and 400 px tiles and picks per tile), so `synth` then `prepare` chain by default.
+DEFAULT_SIZES: dict[str, int | None] = {"bci": 1024, "pannuke": 256, "endonuke": None, "tiles": 256}
 MIN_SIZE = 32
 MAX_SIZE = 4096

@@ -19,13 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from histostain.errors import ConfigError, InputError
+from histostain.errors import ConfigError
 from histostain.io.atomic import atomic_directory
+from histostain.io.writable import check_output_folder
 from histostain.provenance import Provenance, record_or_capture
 from histostain.runtime.progress import track
 from histostain.synth.constants import MAX_SIZE, MIN_SIZE, NUCLEUS_TYPES
 from histostain.synth.generate import generate_tile, tile_seeds
 from histostain.synth.writers import WRITERS
+from histostain.vocabulary import ENDONUKE_CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,8 @@ class SynthSummary:
 
 
 def _check_out(out: Path, overwrite: bool) -> bool:
-    """Validate the output folder; True if an existing non-empty folder will be replaced."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder", hint="choose a folder path for --out")
+    """Validate the output folder (writable, before any tile is made); True if a non-empty folder is replaced."""
+    check_output_folder(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(
@@ -113,7 +114,8 @@ def write_dataset(
 ) -> SynthSummary:
     """Generate ``n`` tiles from ``seed`` and write them in ``layout`` under ``out``; return the summary.
 
-    ``size`` defaults to 256 (EndoNuke: a mix of 200 and 400); ``folds`` applies to PanNuke. The same seed and
+    ``size`` defaults to the layout's published size (``DEFAULT_SIZES``: BCI 1024, PanNuke and tiles 256, EndoNuke a
+    mix of 200 and 400); ``folds`` applies to PanNuke. The same seed and
     options give byte-identical files.
     """
     options: dict[str, Any] = {"folds": folds} if layout == "pannuke" else {}
@@ -124,7 +126,9 @@ def write_dataset(
         provenance, layout=layout, out=out, n=n, size=size, seed=seed, quirks=quirks, overwrite=overwrite, **options
     )
     started = time.perf_counter()
-    counts = dict.fromkeys(NUCLEUS_TYPES.values(), 0)
+    # the classes the layout's labels carry: EndoNuke's keypoint files have stroma/epithelium/other
+    classes = "endonuke" if layout == "endonuke" else "pannuke"
+    counts = dict.fromkeys(ENDONUKE_CLASS_NAMES.values() if classes == "endonuke" else NUCLEUS_TYPES.values(), 0)
     staging = _replacing_directory(out) if replace else atomic_directory(out)
     with staging as root:
         writer = WRITERS[layout](root, n, size, seed, quirks, **options)
@@ -143,7 +147,7 @@ def write_dataset(
                     marker=spec.marker,
                 )
                 writer.add(spec, tile)
-                for name, count in tile.counts().items():
+                for name, count in tile.counts(classes).items():
                     counts[name] += count
             writer.close()
         except BaseException:

@@ -9,7 +9,7 @@ import numpy as np
 from histostain.synth.constants import KINDS, MIN_SIZE, NUCLEUS_TYPES, PANNUKE_TISSUE_WEIGHTS
 from histostain.synth.layout import Layout, build_layout
 from histostain.synth.render import MARKERS, render_he, render_ihc
-from histostain.vocabulary import BCI_HER2_LEVELS
+from histostain.vocabulary import BCI_HER2_LEVELS, ENDONUKE_CLASS_NAMES
 
 DEFAULT_MPP = 0.25  # micrometres per pixel, 40x like PanNuke
 
@@ -70,8 +70,12 @@ class SynthTile:
     def endonuke_classes(self) -> np.ndarray:
         return np.array([n.endonuke_class for n in self.nuclei], dtype=np.int64)
 
-    def counts(self) -> dict[str, int]:
-        """Nuclei per type name."""
+    def counts(self, classes: str = "pannuke") -> dict[str, int]:
+        """Nuclei per class name: PanNuke types, or ``classes="endonuke"`` the EndoNuke classes the keypoint
+        files carry (stroma, epithelium, other)."""
+        if classes == "endonuke":
+            codes = self.endonuke_classes
+            return {name: int((codes == code).sum()) for code, name in ENDONUKE_CLASS_NAMES.items()}
         types = self.types
         return {name: int((types == code).sum()) for code, name in NUCLEUS_TYPES.items()}
 

@@ -41,7 +41,7 @@ from histostain.io.defaults import (
 from histostain.io.images import write_image
 from histostain.io.inputs import OutputNames, outputs_with
 from histostain.io.sharding import shard_device
-from histostain.io.tiling import Stitcher, TileBatcher, TilePlan, extract_region, plan_image
+from histostain.io.tiling import MIN_SIDE, Stitcher, TileBatcher, TilePlan, extract_region, plan_image
 from histostain.provenance import Provenance
 from histostain.runtime.checkpoint import LoadedWeights
 from histostain.runtime.device import DeviceManager
@@ -59,9 +59,20 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def _check_options(tile: int, overlap: int, batch_size: int) -> None:
+    """The user's --tile, --overlap and --batch-size, each named with the value given when it cannot work."""
     if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
-    plan_image(tile, tile, tile, overlap)  # raises ConfigError for an impossible tile / overlap
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1", hint=f"the default is {DEFAULT_BATCH_SIZE}")
+    if tile < MIN_SIDE:
+        raise ConfigError(
+            f"--tile {tile}: must be at least {MIN_SIDE} pixels (it is rounded down to a multiple of 4)",
+            hint=f"the default is {DEFAULT_TILE}",
+        )
+    if overlap < 0:
+        raise ConfigError(f"--overlap {overlap}: must be 0 or more", hint=f"the default is {DEFAULT_OVERLAP}")
+    try:
+        plan_image(tile, tile, tile, overlap)  # the remaining rule: an overlap below half the tile
+    except ConfigError as exc:
+        raise ConfigError(f"--overlap {overlap} with --tile {tile}: {exc.message}", hint=exc.hint) from exc
 
 
 @dataclass

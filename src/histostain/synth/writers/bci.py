@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from histostain.io.images import write_image
+from histostain.synth.constants import DEFAULT_SIZES
 from histostain.synth.generate import SynthTile
 from histostain.synth.writers.base import LayoutWriter, TileSpec
 from histostain.vocabulary import BCI_HER2_LEVELS
+
+BCI_SIZE = int(DEFAULT_SIZES["bci"] or 1024)  # the published 1024 x 1024 images
 
 ROOT = "BCI_dataset"
 
@@ -29,7 +32,7 @@ class BCIWriter(LayoutWriter):
             name = f"{numbers[split]:05d}_{split}_{BCI_HER2_LEVELS[her2]}.png"
             numbers[split] += 1
             kind = "tumour" if i % 4 != 3 else None  # HER2 slides are mostly tumour
-            specs.append(TileSpec(i, self.size or 256, her2=her2, kind=kind, extra={"split": split, "name": name}))
+            specs.append(TileSpec(i, self.size or BCI_SIZE, her2=her2, kind=kind, extra={"split": split, "name": name}))
         return specs
 
     def add(self, spec: TileSpec, tile: SynthTile) -> None:
