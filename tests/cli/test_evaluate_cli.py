@@ -31,7 +31,7 @@ def test_celldet_hand_computed_json_and_out_files(tmp_path: Path, run_cli: Runne
     # image b: 1 GT, 1 prediction exactly 12 px away (kept: the radius is inclusive)
     write_points(tmp_path / "gt", "b", ["20 20 0"])
     write_points(tmp_path / "pred", "b", ["32 20 0"])
-    out = tmp_path / "res" / "metrics.json"
+    out = tmp_path / "res"  # --out is a folder: res/celldet.json and res/celldet_per_image.csv
     code, stdout, _ = run_cli(
         ["--quiet", "evaluate", "celldet", str(tmp_path / "gt"), str(tmp_path / "pred"), "--out", str(out), "--json"]
     )
@@ -40,8 +40,8 @@ def test_celldet_hand_computed_json_and_out_files(tmp_path: Path, run_cli: Runne
     tp, fp, fn = 3, 1, 1
     assert (summary["tp"], summary["fp"], summary["fn"]) == (tp, fp, fn)
     assert summary["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
-    assert json.loads(out.read_text())["summary"] == summary
-    per_image = (tmp_path / "res" / "metrics_per_image.csv").read_text().splitlines()
+    assert json.loads((out / "celldet.json").read_text())["summary"] == summary
+    per_image = (out / "celldet_per_image.csv").read_text().splitlines()
     assert len(per_image) == 3  # header + two images
 
 
@@ -144,11 +144,11 @@ def test_fid_and_kid_with_weights_from_home(
 def test_json_records_the_command_as_typed_and_the_resolved_options(tmp_path: Path, run_cli: Runner) -> None:
     write_points(tmp_path / "gt", "a", ["10 10", "50 50"])
     write_points(tmp_path / "pred", "a", ["11 10"])
-    out = str(tmp_path / "m.json")
+    out = str(tmp_path / "m")
     argv = ["--quiet", "evaluate", "celldet", str(tmp_path / "gt"), str(tmp_path / "pred"), "--out", out]
     code, _, err = run_cli(argv)
     assert code == 0, err
-    record = json.loads((tmp_path / "m.json").read_text())["provenance"]
+    record = json.loads((tmp_path / "m" / "celldet.json").read_text())["provenance"]
     assert record["command"] == ["histostain", *argv]  # global options included, in the order typed
     assert record["histostain_version"] == __version__
     options = record["options"]

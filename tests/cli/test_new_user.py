@@ -212,10 +212,11 @@ def test_7_every_command_has_an_example_and_every_optional_value_shows_its_defau
         if "Example:" not in (command.epilog or ""):  # type: ignore[attr-defined]
             missing_example.append(name)
         for param in command.params:  # type: ignore[attr-defined]
-            is_flag = getattr(param, "is_flag", False)
-            if param.param_type_name != "option" or param.required or is_flag or param.name in {"help"}:
+            if param.param_type_name != "option" or param.required or param.name in {"help"}:
                 continue
-            if param.default is None and not isinstance(param.show_default, str):
+            is_flag = getattr(param, "is_flag", False)
+            # values with a default typer prints it; flags and None ("automatic") defaults need it spelt out
+            if (is_flag or param.default is None) and not isinstance(param.show_default, str):
                 missing_default.append(f"{name} {max(param.opts, key=len)}")
     assert missing_example == []
     assert missing_default == []

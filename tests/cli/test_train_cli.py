@@ -221,4 +221,4 @@ def test_both_train_commands_share_their_options_with_each_trainers_defaults() -
         params = {param.name: param for param in train.commands[command].params}
         assert shared <= set(params), command
         assert {name: params[name].show_default for name in defaults} == defaults, command
-        assert params["max_steps"].show_default is False and params["max_steps"].default is None
+        assert params["max_steps"].show_default == "no limit" and params["max_steps"].default is None

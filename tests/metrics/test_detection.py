@@ -346,15 +346,21 @@ def test_prepared_endonuke_ground_truth(tmp_path: Path) -> None:
         nuclei = read_centroids_txt(label)
         n_points += len(nuclei)
         write_annotations(tmp_path / "pred" / f"{stem}.json", nuclei)
-    result = evaluate_celldet(prepared, tmp_path / "pred", radius=2.0)
+    result = evaluate_celldet(prepared, tmp_path / "pred", radius=2.0, split="all")  # every split, pooled
     assert result.meta["true_kind"] == "prepared-endonuke" and result.meta["n_images"] == len(labels)
+    assert result.meta["split"] == "all" and result.meta["splits"] == ["train", "val", "test"]
+    assert result.scope == "splits train+val+test pooled"
     assert result.summary["tp"] == n_points and result.summary["fp"] == 0 and result.summary["fn"] == 0
     assert result.meta["mpp"] == 2.0 and result.meta["radius_um"] == pytest.approx(4.0)  # 2 px at 2 um/px
     assert {r.get("name") for r in result.tables["per_class"]} <= {"stroma", "epithelium", "other"}
-    split = manifest["samples"][0]["split"]
-    one = evaluate_celldet(prepared, tmp_path / "pred", radius=2.0, split=split)
-    assert one.meta["n_images"] == sum(s["split"] == split for s in manifest["samples"])
-    assert one.meta["unmatched_pred"]  # the other splits' predictions have no ground truth here
+    for split in ("train", "test"):
+        one = evaluate_celldet(prepared, tmp_path / "pred", radius=2.0, split=split)
+        assert one.meta["n_images"] == sum(s["split"] == split for s in manifest["samples"])
+        assert one.meta["split"] == split and one.scope == f"split {split}"
+        assert one.meta["unmatched_pred"]  # the other splits' predictions have no ground truth here
+    default = evaluate_celldet(prepared, tmp_path / "pred", radius=2.0)  # no --split: the test split, not all
+    assert default.meta["split"] == "test" and default.meta["split_reason"] == "default: the test split"
+    assert default.meta["n_images"] == sum(s["split"] == "test" for s in manifest["samples"])
     with pytest.raises(ConfigError, match="split"):
         evaluate_celldet(prepared, tmp_path / "pred", split="nope")
     with pytest.raises(ConfigError, match="split"):

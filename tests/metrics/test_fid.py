@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from histostain.errors import ConfigError, InputError, WeightsError
 from histostain.io.images import write_image
 from histostain.metrics import fid as fid_module
+from histostain.metrics.defaults import FID_WEIGHTS_SHA256_PREFIX
 from histostain.metrics.evaluate_fid import evaluate_fid, evaluate_kid, write_stats
 from histostain.metrics.fid import (
     compute_statistics,
@@ -25,7 +27,7 @@ from histostain.metrics.fid import (
     kid_from_features,
 )
 from histostain.metrics.fid_features import ImageTensorDataset, collate, resolve_num_workers
-from histostain.metrics.inception import FID_WEIGHTS_URL
+from histostain.metrics.inception import FID_WEIGHTS_URL, is_published_fid_weights
 from histostain.runtime.device import DeviceManager
 
 
@@ -218,6 +220,8 @@ def test_fid_of_a_folder_with_itself_is_zero(tiles: Path, fid_weights: Path, cpu
     assert any("N real = 3 < 2048" in w for w in result.warnings)
     assert any("N fake = 3 < 2048" in w for w in result.warnings)
     assert result.meta["weights_sha256"] == hashlib.sha256(fid_weights.read_bytes()).hexdigest()
+    assert result.meta["weights_published"] is False  # the tests' random network
+    assert any("is not the published FID-Inception file" in w for w in result.warnings)
     assert result.meta["feature_dim"] == 2048
     assert "align_corners=False" in result.meta["resize"]
     json.dumps(result.to_json())  # strict JSON
@@ -246,18 +250,74 @@ def _stats(folder: Path, name: str, d: int = 4, **extra: object) -> Path:
     return write_stats(folder / name, rng.normal(size=d), np.eye(d), **extra)  # type: ignore[arg-type]
 
 
+PUBLISHED = FID_WEIGHTS_SHA256_PREFIX + "0" * 56  # a hash with the published file's prefix
+
+
 def test_statistics_from_other_weights_are_flagged(tmp_path: Path, cpu: DeviceManager) -> None:
-    a = _stats(tmp_path, "a.npz", n=5000, weights_sha256="0" * 64)
-    b = _stats(tmp_path, "b.npz", n=5000, weights_sha256="1" * 64)
+    a = _stats(tmp_path, "a.npz", n=5000, weights_sha256=PUBLISHED)
+    b = _stats(tmp_path, "b.npz", n=5000, weights_sha256=FID_WEIGHTS_SHA256_PREFIX + "1" * 56)
     result = evaluate_fid(a, b, device=cpu)
     assert result.summary["fid"] == pytest.approx(0.0, abs=1e-9)
     assert len(result.warnings) == 1 and "different Inception weights" in result.warnings[0]
-    assert "a.npz: 000000000000" in result.warnings[0] and "b.npz: 111111111111" in result.warnings[0]
+    assert "a.npz: 6726825d0000" in result.warnings[0] and "b.npz: 6726825d1111" in result.warnings[0]
 
 
 def test_statistics_of_enough_images_from_the_same_weights_give_no_warning(tmp_path: Path, cpu: DeviceManager) -> None:
-    a = _stats(tmp_path, "a.npz", n=5000, weights_sha256="0" * 64)  # N >= 2048
-    assert evaluate_fid(a, a, device=cpu).warnings == []
+    a = _stats(tmp_path, "a.npz", n=5000, weights_sha256=PUBLISHED)  # N >= 2048
+    result = evaluate_fid(a, a, device=cpu)
+    assert result.warnings == [] and result.meta["weights_published"] is True
+
+
+def test_statistics_from_weights_that_are_not_published_are_flagged(tmp_path: Path, cpu: DeviceManager) -> None:
+    """Issue point 12: the published file's SHA-256 starts with 6726825d (its name says so); others are flagged."""
+    a = _stats(tmp_path, "a.npz", n=5000, weights_sha256="0" * 64)
+    result = evaluate_fid(a, a, device=cpu)
+    assert result.meta["weights_published"] is False
+    assert result.warnings == [
+        f"{a} (statistics file): sha256 00000000... is not the published FID-Inception file "
+        "(pt_inception-2015-12-05-6726825d.pth, sha256 6726825d...): this FID is not comparable with published values"
+    ]
+    assert result.notes["weights"] == "NOT the published FID-Inception file (not comparable with papers)"
+    assert "weights_published" in result.to_json()["meta"] and "notes" not in result.to_json()
+
+
+def test_statistics_without_a_weights_hash_leave_publication_unknown(tmp_path: Path, cpu: DeviceManager) -> None:
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "pytorch_fid.npz", mu=rng.normal(size=4), sigma=np.eye(4))  # pytorch-fid's: no hash
+    result = evaluate_fid(tmp_path / "pytorch_fid.npz", tmp_path / "pytorch_fid.npz", device=cpu)
+    assert result.meta["weights_published"] is None and not any("published" in w for w in result.warnings)
+    assert result.notes["weights"].startswith("unknown")
+
+
+def test_published_weights_are_recognised_by_the_hash_prefix() -> None:
+    assert is_published_fid_weights("6726825d" + "f" * 56) and is_published_fid_weights("6726825D" + "0" * 56)
+    assert not is_published_fid_weights("0" * 64)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_warnings_stay_in_the_result_and_are_not_logged_as_warnings(tmp_path: Path, cpu: DeviceManager) -> None:
+    """Issue point 6: the CLI prints result.warnings; a WARNING record would print each one a second time."""
+    a = _stats(tmp_path, "a.npz", n=5, weights_sha256="0" * 64)
+    logger = logging.getLogger("histostain.metrics.evaluate_fid")
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        result = evaluate_fid(a, a, device=cpu)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(result.warnings) == 3  # weights not published, N real and N fake < 2048
+    assert [r.getMessage() for r in handler.records if r.levelno >= logging.INFO] == []
+    assert sum(r.getMessage().startswith("warning: ") for r in handler.records) == 3  # kept for --debug
 
 
 def test_two_statistics_files_need_no_network_and_no_weights(tmp_path: Path, cpu: DeviceManager) -> None:
@@ -328,6 +388,8 @@ def test_kid_service(tiles: Path, fid_weights: Path, cpu: DeviceManager) -> None
     assert summary["kid_x1000"] == pytest.approx(1000 * summary["kid"])
     assert summary["subset_size"] == 3 and summary["subsets"] == 10
     assert any("subset size reduced from 1000 to 3" in w for w in result.warnings)
+    assert result.meta["weights_published"] is False
+    assert any("this KID is not comparable with published values" in w for w in result.warnings)
 
 
 def _tiny_folder(folder: Path, count: int) -> Path:

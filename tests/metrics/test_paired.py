@@ -258,3 +258,11 @@ def test_evaluate_paired_errors(tmp_path: Path) -> None:
         evaluate_paired(tmp_path / "real", tmp_path / "other")
     with pytest.raises(ConfigError, match="lpips"):
         evaluate_paired(tmp_path / "real", tmp_path / "other", metrics=["lpips"])
+
+
+def test_the_import_free_metric_list_matches_the_metrics() -> None:
+    """`evaluate paired --help` lists PAIRED_METRICS without importing numpy; they must be METRICS' keys."""
+    from histostain.metrics.defaults import PAIRED_METRICS
+    from histostain.metrics.paired import DEFAULT_METRICS, METRICS
+
+    assert tuple(METRICS) == PAIRED_METRICS == DEFAULT_METRICS

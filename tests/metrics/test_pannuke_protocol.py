@@ -180,5 +180,5 @@ def test_prepared_dataset_as_truth_and_perfect_prediction(prepared: Path, tmp_pa
 
 
 def test_unknown_split_is_a_config_error(prepared: Path) -> None:
-    with pytest.raises(ConfigError, match="no split 'holdout'"):
+    with pytest.raises(ConfigError, match="--split holdout: .* has no such split"):
         evaluate_instance(prepared, prepared, split="holdout")

@@ -330,14 +330,15 @@ def test_second_ctrl_c_aborts_immediately() -> None:
 def test_run_directory_refuses_to_overwrite_or_to_resume_nothing(tmp_path: Path) -> None:
     run = RunDirectory(tmp_path, "r")
     with pytest.raises(ConfigError, match="cannot resume"):
-        run.check(resume=True)
-    run.check(resume=False)
+        run.plan_start(resume=True)
+    run.plan_start(resume=False)
     run.create()
     run.write_config(
         {"lr": 0.1, "crop": None, "nested": {"a": [1, 2]}}, Provenance.capture(command=["histostain", "train"])
     )
+    (run.last).write_bytes(b"a checkpoint")
     with pytest.raises(ConfigError, match="already exists"):
-        run.check(resume=False)
+        run.plan_start(resume=False)
     assert run.read_config() == {"lr": 0.1, "nested": {"a": [1, 2]}}
     info = run.read_run_info()
     assert info["command"] == ["histostain", "train"] and info["name"] == "r" and "histostain_version" in info

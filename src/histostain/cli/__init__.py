@@ -99,8 +99,12 @@ def root(
             show_default="auto",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug messages.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.", show_default="off")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug messages.", show_default="off")
+    ] = False,
     settings_file: Annotated[
         Path | None,
         typer.Option(
@@ -125,7 +129,7 @@ def root(
 @app.command(epilog="Example: histostain --device cuda doctor --json")
 def doctor(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.", show_default="off")] = False,
 ) -> None:
     """Check the installation: versions, devices, the precision `auto` picks and why, settings and sources.
 

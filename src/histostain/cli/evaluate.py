@@ -1,20 +1,30 @@
 """`histostain evaluate fid|kid|celldet|instance|paired`: reference-exact metrics (heavy imports inside).
 
 Every command takes ground truth / real first and prediction / fake second, prints a table (or JSON with
-``--json``), and with ``--out metrics.json`` also writes the JSON and a per-image CSV beside it. The commands
-parse options, call one service of :mod:`histostain.metrics` with this invocation's provenance record and render
-its result; the rules (defaults, worker policy, validation) belong to the services.
+``--json``), and with ``--out DIR`` also writes ``DIR/<metric>.json`` (and ``DIR/<metric>_per_image.csv`` where
+there are per-image rows). The output folder is checked before anything is computed. The commands parse
+options, call one service of :mod:`histostain.metrics` with this invocation's provenance record and render its
+result; the rules (defaults, splits, worker policy, validation, warnings) belong to the services. Each warning
+is printed once, here, from ``result.warnings`` (the services log them at DEBUG only).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from histostain.cli.common import print_json, print_summary, provenance, state, stderr_console
-from histostain.cli.options import EvalJsonOpt, EvalOutOpt, FidBatchSizeOpt, FidWeightsOpt, FidWorkersOpt
+from histostain.cli.options import (
+    EvalJsonOpt,
+    EvalSplitHelp,
+    FidBatchSizeOpt,
+    FidWeightsOpt,
+    FidWorkersOpt,
+    eval_out_option,
+)
 from histostain.errors import ConfigError
 from histostain.metrics.defaults import (
     DEFAULT_BATCH_SIZE,
@@ -25,10 +35,14 @@ from histostain.metrics.defaults import (
     KID_SEED,
     KID_SUBSET_SIZE,
     KID_SUBSETS,
+    PAIRED_METRICS,
+    SPLIT_SHOWN,
 )
 
 if TYPE_CHECKING:
-    from histostain.metrics.report import EvaluationResult
+    from histostain.metrics.report import EvaluationResult, TableView
+
+log = logging.getLogger("histostain.cli")
 
 evaluate_app = typer.Typer(
     help="Compute the metrics papers report (FID/KID, cell detection F1, Dice/AJI/PQ, PSNR/SSIM).",
@@ -42,28 +56,49 @@ def _format(value: object) -> str:
     return "n/a" if value is None else str(value)
 
 
-def _finish(result: EvaluationResult, out: Path | None, as_json: bool, title: str) -> None:
-    """Save, then print JSON or the summary table and the result's secondary tables; warnings go to stderr."""
+def _check_out(out: Path | None, metric: str) -> None:
+    """Refuse an unusable ``--out`` in one line before any work (creates nothing)."""
     if out is not None:
-        result.write(out)
+        from histostain.metrics.report import check_output
+
+        check_output(out, metric)
+
+
+def _print_view(name: str, rows: list[dict[str, Any]], view: TableView | None, scope: str) -> None:
+    """One table at the terminal: the view's columns that the rows have (all columns without a view)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from histostain.cli.common import print_table
+
+    columns = view.shown(rows) if view is not None else list(dict.fromkeys(key for row in rows for key in row))
+    title = (view.title if view is not None and view.title else name.replace("_", " ")) + scope
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    for row in rows:
+        table.add_row(*[_format(row.get(column)) for column in columns])
+    print_table(table)
+    if view is not None and view.legend:
+        Console().print(Text(view.legend, style="dim"))  # wrapped at the terminal width, unlike the tables' console
+
+
+def _finish(result: EvaluationResult, out: Path | None, as_json: bool, title: str) -> None:
+    """Save, then print JSON or the summary table and the result's secondary tables; warnings go to stderr once."""
+    if out is not None:
+        written = result.write(out)
+        log.info("wrote %s", ", ".join(str(path) for path in written))
     if as_json:
         print_json(result.to_json())
     else:
-        print_summary(title, [(name, _format(value)) for name, value in result.summary.items()])
-        from rich.table import Table
-
-        from histostain.cli.common import print_table
-
-        for name, rows in result.tables.items():
-            if not rows:
-                continue
-            table = Table(title=name.replace("_", " "), title_justify="left")
-            columns = list(dict.fromkeys(key for row in rows for key in row))
-            for column in columns:
-                table.add_column(column, justify="left" if column == columns[0] else "right")
-            for row in rows:
-                table.add_row(*[_format(row.get(column)) for column in columns])
-            print_table(table)
+        scope = f" ({result.scope})" if result.scope else ""
+        rows = [(name, _format(value)) for name, value in result.summary.items()]
+        print_summary(title + scope, rows + list(result.notes.items()))
+        for name, table_rows in result.tables.items():
+            if table_rows:
+                for view in result.views.get(name) or [None]:
+                    _print_view(name, table_rows, view, scope)
     console = stderr_console()
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, markup=True)
@@ -102,24 +137,35 @@ def _feature_options(
     }
 
 
-@evaluate_app.command("fid")
+RealArg = Annotated[Path, typer.Argument(metavar="REAL", help="Folder of real images.")]
+FakeArg = Annotated[Path, typer.Argument(metavar="FAKE", help="Folder of generated images.")]
+SplitOpt = Annotated[str | None, typer.Option("--split", help=EvalSplitHelp, show_default=SPLIT_SHOWN)]
+
+
+@evaluate_app.command("fid", epilog="Example:  histostain evaluate fid real_HE fake_HE -o results")
 def fid_command(
     ctx: typer.Context,
-    real: Annotated[Path, typer.Argument(help="Folder of real images, or a .npz with mu and sigma.")],
-    fake: Annotated[Path, typer.Argument(help="Folder of generated images, or a .npz with mu and sigma.")],
+    real: Annotated[Path, typer.Argument(metavar="REAL", help="Folder of real images, or a .npz with mu and sigma.")],
+    fake: Annotated[
+        Path, typer.Argument(metavar="FAKE", help="Folder of generated images, or a .npz with mu and sigma.")
+    ],
     weights: FidWeightsOpt = None,
     batch_size: FidBatchSizeOpt = DEFAULT_BATCH_SIZE,
     num_workers: FidWorkersOpt = None,
     save_stats: Annotated[
         Path | None,
         typer.Option(
-            "--save-stats", help="Also save the REAL side's mu/sigma (+ N, weights sha256) to this .npz for reuse."
+            "--save-stats",
+            metavar="FILE",
+            help="Also save the REAL side's mu/sigma (+ N, weights sha256) to this .npz for reuse.",
+            show_default="none",
         ),
     ] = None,
-    out: EvalOutOpt = None,
+    out: Annotated[Path | None, eval_out_option("fid", per_image=False)] = None,
     as_json: EvalJsonOpt = False,
 ) -> None:
     """Fréchet Inception Distance, exactly as pytorch-fid computes it (2048-d pool3, bilinear 299)."""
+    _check_out(out, "fid")
     from histostain.metrics.evaluate_fid import evaluate_fid
 
     features = _feature_options(ctx, weights, batch_size, num_workers)
@@ -127,11 +173,11 @@ def fid_command(
     _finish(result, out, as_json, "FID")
 
 
-@evaluate_app.command("kid")
+@evaluate_app.command("kid", epilog="Example:  histostain evaluate kid real_HE fake_HE --json")
 def kid_command(
     ctx: typer.Context,
-    real: Annotated[Path, typer.Argument(help="Folder of real images.")],
-    fake: Annotated[Path, typer.Argument(help="Folder of generated images.")],
+    real: RealArg,
+    fake: FakeArg,
     weights: FidWeightsOpt = None,
     batch_size: FidBatchSizeOpt = DEFAULT_BATCH_SIZE,
     num_workers: FidWorkersOpt = None,
@@ -140,10 +186,11 @@ def kid_command(
         int, typer.Option("--subset-size", help="Subset size (capped at the smaller image count).")
     ] = KID_SUBSET_SIZE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the subset draws.")] = KID_SEED,
-    out: EvalOutOpt = None,
+    out: Annotated[Path | None, eval_out_option("kid", per_image=False)] = None,
     as_json: EvalJsonOpt = False,
 ) -> None:
     """Kernel Inception Distance: cubic-kernel unbiased MMD² on the FID features (table shows ×1000)."""
+    _check_out(out, "kid")
     from histostain.metrics.evaluate_fid import evaluate_kid
 
     features = _feature_options(ctx, weights, batch_size, num_workers)
@@ -151,40 +198,58 @@ def kid_command(
     _finish(result, out, as_json, "KID")
 
 
-@evaluate_app.command("celldet")
+@evaluate_app.command("celldet", epilog="Example:  histostain evaluate celldet prepared/endonuke hover_out -o results")
 def celldet_command(
     ctx: typer.Context,
     true: Annotated[
         Path,
         typer.Argument(
-            help="Ground truth: folder of centroid txt / hover_net JSON / GeoJSON / CSV, or prepared EndoNuke."
+            metavar="TRUE",
+            help="Ground truth: folder of centroid txt / hover_net JSON / GeoJSON / CSV, or prepared EndoNuke.",
         ),
     ],
-    pred: Annotated[Path, typer.Argument(help="Predictions: folder of the same formats, paired by file stem.")],
+    pred: Annotated[
+        Path, typer.Argument(metavar="PRED", help="Predictions: folder of the same formats, paired by file stem.")
+    ],
     radius: Annotated[float, typer.Option("--radius", help="Matching radius in pixels.")] = DEFAULT_RADIUS,
     radius_um: Annotated[
-        float | None, typer.Option("--radius-um", help="Matching radius in micrometres (needs --mpp).")
+        float | None,
+        typer.Option(
+            "--radius-um", help="Matching radius in micrometres (needs --mpp).", show_default="none, --radius is used"
+        ),
     ] = None,
-    mpp: Annotated[float | None, typer.Option("--mpp", help="Micrometres per pixel of the images.")] = None,
+    mpp: Annotated[
+        float | None,
+        typer.Option(
+            "--mpp",
+            help="Micrometres per pixel of the images.",
+            show_default="from the prepared manifest, else none",
+        ),
+    ] = None,
     threshold: Annotated[
-        list[float] | None, typer.Option("--threshold", help="Score threshold(s) for predictions (repeatable).")
+        list[float] | None,
+        typer.Option(
+            "--threshold",
+            help="Score threshold(s) for an extra per-threshold table (repeatable).",
+            show_default="none",
+        ),
     ] = None,
     class_map: Annotated[
-        str | None, typer.Option("--class-map", help="Map ground-truth classes, e.g. 0:3,1:5,2:3.")
+        str | None,
+        typer.Option("--class-map", help="Map ground-truth classes, e.g. 0:3,1:5,2:3.", show_default="none"),
     ] = None,
     pred_class_map: Annotated[
-        str | None, typer.Option("--pred-class-map", help="Map predicted classes, same syntax.")
+        str | None, typer.Option("--pred-class-map", help="Map predicted classes, same syntax.", show_default="none")
     ] = None,
     compat: Annotated[
         str, typer.Option("--compat", help="histostain | seed (reproduce the seed's dummy point in empty images).")
     ] = DEFAULT_COMPAT,
-    split: Annotated[
-        str | None, typer.Option("--split", help="Prepared EndoNuke ground truth: only this split.")
-    ] = None,
-    out: EvalOutOpt = None,
+    split: SplitOpt = None,
+    out: Annotated[Path | None, eval_out_option("celldet")] = None,
     as_json: EvalJsonOpt = False,
 ) -> None:
     """Cell detection precision / recall / F1: Hungarian matching of centroids within a radius, pooled counts."""
+    _check_out(out, "celldet")
     record = provenance(ctx)
     from histostain.metrics.evaluate_celldet import evaluate_celldet
 
@@ -204,22 +269,28 @@ def celldet_command(
     _finish(result, out, as_json, "Cell detection")
 
 
-@evaluate_app.command("instance")
+@evaluate_app.command("instance", epilog="Example:  histostain evaluate instance prepared/pannuke pred -o results")
 def instance_command(
     ctx: typer.Context,
     true: Annotated[
-        Path, typer.Argument(help="Ground truth: label TIFFs / .mat folder, prepared PanNuke, or masks.npy folder.")
+        Path,
+        typer.Argument(
+            metavar="TRUE", help="Ground truth: label TIFFs / .mat folder, prepared PanNuke, or masks.npy folder."
+        ),
     ],
-    pred: Annotated[Path, typer.Argument(help="Predictions in the same kind of input, paired by stem or row.")],
+    pred: Annotated[
+        Path, typer.Argument(metavar="PRED", help="Predictions in the same kind of input, paired by stem or row.")
+    ],
     protocol: Annotated[
         str, typer.Option("--protocol", help="hovernet (per-image means) | pannuke (official mPQ/bPQ).")
     ] = DEFAULT_PROTOCOL,
     match_iou: Annotated[float, typer.Option("--match-iou", help="IoU threshold for PQ matching.")] = DEFAULT_MATCH_IOU,
-    split: Annotated[str | None, typer.Option("--split", help="Split of a prepared dataset (default test).")] = None,
-    out: EvalOutOpt = None,
+    split: SplitOpt = None,
+    out: Annotated[Path | None, eval_out_option("instance")] = None,
     as_json: EvalJsonOpt = False,
 ) -> None:
     """Instance segmentation: Dice, AJI, AJI+, DQ, SQ, PQ (hover_net semantics) or the PanNuke mPQ/bPQ protocol."""
+    _check_out(out, "instance")
     record = provenance(ctx)
     from histostain.metrics.evaluate_instance import evaluate_instance
 
@@ -227,18 +298,20 @@ def instance_command(
     _finish(result, out, as_json, f"Instance segmentation ({protocol})")
 
 
-@evaluate_app.command("paired")
+@evaluate_app.command("paired", epilog="Example:  histostain evaluate paired real_HE fake_HE -o results")
 def paired_command(
     ctx: typer.Context,
-    real: Annotated[Path, typer.Argument(help="Folder of reference images (e.g. real H&E).")],
-    fake: Annotated[Path, typer.Argument(help="Folder of translated images, paired by file stem.")],
+    real: Annotated[Path, typer.Argument(metavar="REAL", help="Folder of reference images (e.g. real H&E).")],
+    fake: Annotated[Path, typer.Argument(metavar="FAKE", help="Folder of translated images, paired by file stem.")],
     metrics: Annotated[
-        str | None, typer.Option("--metrics", help="Comma-separated subset, e.g. psnr,ssim (default all).")
+        str | None,
+        typer.Option("--metrics", help=f"Comma-separated subset of {', '.join(PAIRED_METRICS)}.", show_default="all"),
     ] = None,
-    out: EvalOutOpt = None,
+    out: Annotated[Path | None, eval_out_option("paired")] = None,
     as_json: EvalJsonOpt = False,
 ) -> None:
     """Paired translation quality: PSNR and SSIM (BCI protocol), MS-GMSD, MDSI, HaarPSI, MAE, Pearson r."""
+    _check_out(out, "paired")
     record = provenance(ctx)
     from histostain.metrics.evaluate_paired import evaluate_paired
 

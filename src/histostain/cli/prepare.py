@@ -21,7 +21,9 @@ prepare_app = typer.Typer(
 SourceArg = Annotated[Path, typer.Argument(metavar="SOURCE", help="The unpacked dataset folder or the published zip.")]
 OutOpt = Annotated[Path, out_folder("Output folder for the prepared dataset.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the split assignment.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing prepared folder.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing prepared folder.", show_default="off")
+]
 
 
 def _fractions(unit: str) -> typer.models.OptionInfo:
@@ -120,7 +122,8 @@ def prepare_endonuke_command(
     fractions: Annotated[str, _fractions("source tile")] = "0.6,0.2,0.2",
     seed: SeedOpt = 0,
     annotator: Annotated[
-        list[str] | None, typer.Option("--annotator", help="Only these annotators (repeatable; default all).")
+        list[str] | None,
+        typer.Option("--annotator", help="Only these annotators (repeatable).", show_default="all seven"),
     ] = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,

@@ -29,9 +29,12 @@ def synth(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same bytes.")] = 0,
     folds: Annotated[int, typer.Option("--folds", help="PanNuke only: number of folds.")] = 3,
     quirks: Annotated[
-        bool, typer.Option("--quirks", help="Reproduce the published irregularities of the layout.")
+        bool,
+        typer.Option("--quirks", help="Reproduce the published irregularities of the layout.", show_default="off"),
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a non-empty output folder.", show_default="off")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate synthetic H&E / IHC tissue with exact ground truth in the BCI, PanNuke, EndoNuke or tiles layout."""

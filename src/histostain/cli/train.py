@@ -2,7 +2,8 @@
 
 Each command parses its flags, hands them to its service with the invocation's provenance record, and renders
 the one closing summary. Help texts and shown defaults come from the trainers' config models (torch-free);
-torch and the trainers are imported inside the commands, so ``histostain --help`` stays fast.
+torch and the trainers are imported inside the commands, so ``histostain --help`` stays fast. A run stopped by
+Ctrl-C / SIGTERM still prints its summary (its last.pt is saved) and exits 130, as an interrupted program does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from histostain.cli.common import print_json, print_summary, provenance, state, stderr_console
-from histostain.cli.options import JsonOpt, ResumeOpt, RunNameOpt, RunsDirOpt, TrainConfigOpt, config_flag
+from histostain.cli.options import (
+    JsonOpt,
+    ResumeOpt,
+    RunNameOpt,
+    RunsDirOpt,
+    TrainConfigOpt,
+    TrainOverwriteOpt,
+    config_flag,
+)
 from histostain.segmentation.config import HoVerNetConfig
 from histostain.translation.train_config import CycleGANConfig
 
@@ -27,7 +36,9 @@ train_app = typer.Typer(
 )
 
 # parameters that locate or present the run; every other parameter of a train command is a training option
-_RUN_PARAMS = frozenset({"prepared", "name", "config", "runs_dir", "resume", "as_json"})
+_RUN_PARAMS = frozenset({"prepared", "name", "config", "runs_dir", "resume", "overwrite", "as_json"})
+# the exit code of a run stopped by Ctrl-C / SIGTERM (128 + SIGINT), after its checkpoint and summary
+INTERRUPTED_EXIT = 130
 
 
 def _overrides(ctx: typer.Context, config_type: type[LoopOptions]) -> dict[str, Any]:
@@ -63,33 +74,42 @@ def summary_rows(result: FitResult, config: LoopOptions) -> list[tuple[str, str]
 
 
 def _finish(result: FitResult, config: LoopOptions, as_json: bool) -> None:
-    """Rank 0 renders the summary; an interrupted run says how to continue."""
-    if not result.is_main:
-        return
-    if as_json:
-        print_json({**result.to_json(), "config": config.model_dump()})
-    else:
-        print_summary(f"histostain {config.command}: {result.run_dir.name}", summary_rows(result, config))
+    """Rank 0 renders the summary; an interrupted run says how to continue, and every rank exits 130 then (a
+    script or scheduler must not mistake a stopped run for a finished one)."""
+    if result.is_main:
+        if as_json:
+            print_json({**result.to_json(), "config": config.model_dump()})
+        else:
+            print_summary(f"histostain {config.command}: {result.run_dir.name}", summary_rows(result, config))
+        if result.status == "interrupted":
+            stderr_console().print(
+                f"[yellow]interrupted at step {result.step}:[/yellow] {result.last_checkpoint or 'nothing'} saved; "
+                f"continue with the same command plus --resume",
+                highlight=False,
+            )
+        sys.stdout.flush()
     if result.status == "interrupted":
-        stderr_console().print(
-            f"[yellow]interrupted at step {result.step}:[/yellow] {result.last_checkpoint or 'nothing'} saved; "
-            f"continue with the same command plus --resume",
-            highlight=False,
-        )
-    sys.stdout.flush()
+        raise typer.Exit(INTERRUPTED_EXIT)
 
 
 CG = CycleGANConfig  # short names for the option declarations below
+NO_LIMIT = "no limit"  # the shown default of --max-steps
 
 
-@train_app.command("cyclegan")
+@train_app.command(
+    "cyclegan",
+    epilog="Example: histostain train cyclegan prepared/bci --name bci_cyclegan --epochs 50 --epochs-decay 50",
+)
 def cyclegan(
     ctx: typer.Context,
-    prepared: Annotated[Path, typer.Argument(help="A prepared BCI folder (`histostain prepare bci`).")],
+    prepared: Annotated[
+        Path, typer.Argument(metavar="PREPARED", help="A prepared BCI folder (`histostain prepare bci`).")
+    ],
     name: RunNameOpt,
     config: TrainConfigOpt = None,
     runs_dir: RunsDirOpt = Path("runs"),
     resume: ResumeOpt = False,
+    overwrite: TrainOverwriteOpt = False,
     direction: Annotated[str | None, config_flag(CG, "direction")] = None,
     epochs: Annotated[int | None, config_flag(CG, "epochs")] = None,
     epochs_decay: Annotated[int | None, config_flag(CG, "epochs_decay")] = None,
@@ -110,7 +130,7 @@ def cyclegan(
         Path | None,
         config_flag(CG, "fid_weights", text="FID-Inception weights", shown="HISTOSTAIN_HOME/weights/pt_inception-..."),
     ] = None,
-    max_steps: Annotated[int | None, config_flag(CG, "max_steps")] = None,
+    max_steps: Annotated[int | None, config_flag(CG, "max_steps", shown=NO_LIMIT)] = None,
     seed: Annotated[int | None, config_flag(CG, "seed")] = None,
     num_workers: Annotated[int | None, config_flag(CG, "num_workers")] = None,
     save_every: Annotated[int | None, config_flag(CG, "save_every")] = None,
@@ -129,6 +149,7 @@ def cyclegan(
         runs_dir=runs_dir,
         manager=manager,
         resume=resume,
+        overwrite=overwrite,
         overrides=_overrides(ctx, CycleGANConfig),
         config_file=config,
         provenance=provenance(ctx),
@@ -139,14 +160,21 @@ def cyclegan(
 HN = HoVerNetConfig
 
 
-@train_app.command("hovernet")
+@train_app.command(
+    "hovernet",
+    epilog="Example: histostain train hovernet prepared/pannuke --name pannuke_fast --phase1-epochs 25 "
+    "--phase2-epochs 25",
+)
 def hovernet(
     ctx: typer.Context,
-    prepared: Annotated[Path, typer.Argument(help="A prepared PanNuke folder (`histostain prepare pannuke`).")],
+    prepared: Annotated[
+        Path, typer.Argument(metavar="PREPARED", help="A prepared PanNuke folder (`histostain prepare pannuke`).")
+    ],
     name: RunNameOpt,
     config: TrainConfigOpt = None,
     runs_dir: RunsDirOpt = Path("runs"),
     resume: ResumeOpt = False,
+    overwrite: TrainOverwriteOpt = False,
     mode: Annotated[str | None, config_flag(HN, "mode")] = None,
     num_types: Annotated[int | None, config_flag(HN, "num_types")] = None,
     init: Annotated[str | None, config_flag(HN, "init")] = None,
@@ -158,7 +186,7 @@ def hovernet(
     decay_epoch: Annotated[int | None, config_flag(HN, "decay_epoch")] = None,
     encoder_width: Annotated[float | None, config_flag(HN, "encoder_width")] = None,
     decoder_width: Annotated[float | None, config_flag(HN, "decoder_width")] = None,
-    max_steps: Annotated[int | None, config_flag(HN, "max_steps")] = None,
+    max_steps: Annotated[int | None, config_flag(HN, "max_steps", shown=NO_LIMIT)] = None,
     seed: Annotated[int | None, config_flag(HN, "seed")] = None,
     num_workers: Annotated[int | None, config_flag(HN, "num_workers")] = None,
     save_every: Annotated[int | None, config_flag(HN, "save_every")] = None,
@@ -177,6 +205,7 @@ def hovernet(
         runs_dir=runs_dir,
         manager=manager,
         resume=resume,
+        overwrite=overwrite,
         overrides=_overrides(ctx, HoVerNetConfig),
         config_file=config,
         provenance=provenance(ctx),

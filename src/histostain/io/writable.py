@@ -103,7 +103,9 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out") -> Pa
     folder that is not writable). Creates nothing."""
     file = Path(path)
     if file.is_dir():
-        raise InputError(f"{option} {file} is a folder; expected a file name", hint=f"e.g. {option} {file / 'x'}")
+        raise InputError(
+            f"{option} {file} is a folder; expected a file name", hint=f"e.g. {option} {file / ('x' + file.suffix)}"
+        )
     if file.exists() and not os.access(file, os.W_OK):
         raise InputError(f"cannot write {option} {file}: permission denied", hint="choose another file")
     parent = file.parent

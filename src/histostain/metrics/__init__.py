@@ -16,7 +16,9 @@ inputs (files -> arrays)    ``instance_sources`` (label TIFFs, hover_net ``.mat`
 services (one per command)  ``evaluate_fid`` (FID, KID, statistics files), ``evaluate_celldet``,
                             ``evaluate_instance`` (hover_net and PanNuke protocols), ``evaluate_paired``
 shared                      ``report`` (``EvaluationResult``, the one result shape, with its provenance
-                            record), ``defaults`` (the services' defaults, importable without numpy/torch)
+                            record; ``--out DIR`` files and their up-front check), ``splits`` (which split of
+                            prepared data every service reads), ``defaults`` (the services' defaults,
+                            importable without numpy/torch)
 ==========================  ================================================================================
 
 Services take file paths and a ``provenance`` record and return an ``EvaluationResult``; the array-level scorers

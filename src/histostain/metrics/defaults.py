@@ -16,12 +16,27 @@ PROTOCOLS = ("hovernet", "pannuke")
 DEFAULT_PROTOCOL = "hovernet"
 DEFAULT_MATCH_IOU = 0.5  # every published PQ table
 
+# ----------------------------------------------------------------------------------------------- paired
+PAIRED_METRICS = ("psnr", "ssim", "mae", "pearson", "ms_gmsd", "mdsi", "haarpsi")  # all, in table order
+
 # ---------------------------------------------------------------------------------------------- FID/KID
 DEFAULT_BATCH_SIZE = 32  # images per forward pass (pytorch-fid: 50; changes nothing but fp32 round-off)
 KID_SUBSETS = 100  # torch-fidelity and clean-fid
 KID_SUBSET_SIZE = 1000  # torch-fidelity and clean-fid
 KID_SEED = 0
 GPU_MAX_WORKERS = 4  # decoding processes on a GPU when --num-workers is not given (0 on a CPU)
+NUM_WORKERS_SHOWN = f"auto: 0 on a CPU, min({GPU_MAX_WORKERS}, CPUs) on a GPU"
+# The published file (pytorch-fid's release); torch hub names a file after the first 8 hex digits of its SHA-256.
+FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+
+# ------------------------------------------------------------------------------- prepared datasets (splits)
+# Every evaluate command that reads a prepared folder picks its split the same way: --split if given, else
+# "test" when the folder has it, else its only split; several splits and no test split: refused, asking for
+# --split. "--split all" pools every split explicitly.
+SPLIT_ALL = "all"
+DEFAULT_SPLIT = "test"
+SPLIT_SHOWN = f"{DEFAULT_SPLIT} if present, else the only split"
 
 __all__ = [
     "COMPAT_MODES",
@@ -30,9 +45,16 @@ __all__ = [
     "DEFAULT_MATCH_IOU",
     "DEFAULT_PROTOCOL",
     "DEFAULT_RADIUS",
+    "DEFAULT_SPLIT",
+    "FID_WEIGHTS_FILENAME",
+    "FID_WEIGHTS_SHA256_PREFIX",
     "GPU_MAX_WORKERS",
     "KID_SEED",
     "KID_SUBSETS",
     "KID_SUBSET_SIZE",
+    "NUM_WORKERS_SHOWN",
+    "PAIRED_METRICS",
     "PROTOCOLS",
+    "SPLIT_ALL",
+    "SPLIT_SHOWN",
 ]

@@ -33,12 +33,27 @@ from scipy.spatial.distance import cdist
 
 from histostain.errors import ConfigError
 from histostain.metrics.defaults import COMPAT_MODES, DEFAULT_COMPAT, DEFAULT_RADIUS
-from histostain.metrics.report import EvaluationResult
+from histostain.metrics.report import EvaluationResult, TableView
 from histostain.provenance import Provenance
 
 CONIC_WEIGHTS: tuple[float, float, float, float] = (2.0, 2.0, 1.0, 1.0)
 MATCHING = "hungarian on the full euclidean cost matrix, then pairs with distance > radius dropped"
 POOLING = "micro (counts summed over images)"
+
+# How a terminal shows the per-class and per-threshold tables: twelve columns do not fit 80 characters, so the
+# scores and the CoNIC error counts are two small tables, with the error terms explained under the second.
+# The JSON and the per-image CSV keep every column.
+CONIC_LEGEND = (
+    "fp_dt: predicted as this class on a true nucleus of another class; fn_dt: a true nucleus of this class "
+    "predicted as another class; fp_d: unmatched predictions of this class; fn_d: unmatched true nuclei of this "
+    "class. F1 = 2 tp / (2 tp + 2 fp_dt + 2 fn_dt + fp_d + fn_d) (CoNIC)."
+)
+PER_CLASS_VIEWS = [
+    TableView((("name", "class"), "n_true", "n_pred", "tp", "precision", "recall", "f1"), "per class"),
+    TableView((("name", "class"), "tp", "fp_dt", "fn_dt", "fp_d", "fn_d"), "per class: errors", CONIC_LEGEND),
+]
+THRESHOLD_COLUMNS = ("threshold", "tp", "fp", "fn", "precision", "recall", "f1")
+THRESHOLD_CLASS_NOTE = "per-class F1 at each threshold (f1_class_*): in the JSON (--json, --out)"
 
 # --------------------------------------------------------------------------------------------- matching
 
@@ -426,7 +441,18 @@ class DetectionScorer:
             meta=meta,
             warnings=warnings,
             provenance=provenance,
+            views=self._views(tables, with_classes),
         )
+
+    @staticmethod
+    def _views(tables: Mapping[str, Any], with_classes: bool) -> dict[str, list[TableView]]:
+        views: dict[str, list[TableView]] = {}
+        if "per_class" in tables:
+            views["per_class"] = list(PER_CLASS_VIEWS)
+        if "per_threshold" in tables:
+            note = THRESHOLD_CLASS_NOTE if with_classes else None
+            views["per_threshold"] = [TableView(THRESHOLD_COLUMNS, "per threshold", note)]
+        return views
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -471,6 +497,7 @@ def score_detection(
 
 
 __all__ = [
+    "CONIC_LEGEND",
     "CONIC_WEIGHTS",
     "ClassTally",
     "DetectionCounts",

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from histostain.errors import ConfigError, DatasetLayoutError, InputError
+from histostain.errors import DatasetLayoutError, InputError
 from histostain.metrics.detection import ImagePoints
+from histostain.metrics.splits import SplitChoice, check_split_applies, choose_split
 from histostain.vocabulary import ENDONUKE_CLASS_NAMES
 
 # Annotation extensions, in the order that wins when one folder holds the same stem twice.
@@ -30,6 +31,7 @@ class AnnotationSide:
     kind: str  # "files", "hovernet-json-subfolder", "prepared-endonuke", "file"
     mpp: float | None = None
     class_names: dict[int, str] | None = None
+    split: SplitChoice | None = None  # prepared data: the split(s) read
 
 
 def _annotation_files(folder: Path, warnings: list[str]) -> dict[str, Path]:
@@ -52,11 +54,16 @@ def _annotation_files(folder: Path, warnings: list[str]) -> dict[str, Path]:
 def resolve_side(path: Path, role: str, split: str | None, warnings: list[str]) -> AnnotationSide:
     """Find the annotation files of one side: a file, a folder, its ``json/`` subfolder or a prepared EndoNuke.
 
-    Notes about the inputs (a stem present twice, an ignored ``json/`` subfolder) are appended to ``warnings``.
+    ``split`` picks the split of a prepared folder (:func:`~histostain.metrics.splits.choose_split`: default
+    test, ``"all"`` pools); given for anything else it is refused. Notes about the inputs (a stem present
+    twice, an ignored ``json/`` subfolder) are appended to ``warnings``.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{role} annotations not found: {path}", hint="check the path")
+    if role == "true" and path.is_dir() and (path / "manifest.json").is_file():
+        return _prepared_endonuke(path, split)
+    check_split_applies(split, path)
     if path.is_file():
         if path.suffix.lower() not in ANNOTATION_SUFFIXES:
             raise InputError(
@@ -64,8 +71,6 @@ def resolve_side(path: Path, role: str, split: str | None, warnings: list[str]) 
                 hint=f"use {', '.join(ANNOTATION_SUFFIXES)} files or a folder of them",
             )
         return AnnotationSide({path.stem: path}, str(path), "file")
-    if role == "true" and (path / "manifest.json").is_file():
-        return _prepared_endonuke(path, split)
     files = _annotation_files(path, warnings)
     json_dir = path / "json"
     if json_dir.is_dir():
@@ -83,7 +88,7 @@ def resolve_side(path: Path, role: str, split: str | None, warnings: list[str]) 
 
 
 def _prepared_endonuke(folder: Path, split: str | None) -> AnnotationSide:
-    from histostain.datasets.prepared import SPLIT_NAMES, load_prepared
+    from histostain.datasets.prepared import load_prepared
 
     manifest = load_prepared(folder)
     if manifest.dataset != "endonuke":
@@ -91,23 +96,25 @@ def _prepared_endonuke(folder: Path, split: str | None) -> AnnotationSide:
             f"{folder} holds prepared {manifest.dataset!r} data; celldet reads prepared EndoNuke ground truth",
             hint="pass a prepared EndoNuke folder or a folder of annotation files",
         )
-    if split is not None and split not in manifest.splits:
-        raise ConfigError(
-            f"split {split!r} is not in {folder}",
-            hint=f"available: {', '.join(s for s in SPLIT_NAMES if s in manifest.splits) or '(none)'}",
-        )
+    choice = choose_split(folder, list(manifest.splits), split)
     files: dict[str, Path] = {}
     for sample in manifest.samples:
-        if split is not None and sample["split"] != split:
+        if sample["split"] not in choice.splits:
             continue
         label = folder / sample["split"] / "labels" / f"{sample['id']}.txt"
         if not label.is_file():
             raise DatasetLayoutError(f"{label}: listed in {folder / 'manifest.json'} but missing")
+        if str(sample["id"]) in files:  # pooled splits pair by id: an id in two splits would be ambiguous
+            raise DatasetLayoutError(f"{folder / 'manifest.json'}: sample id {sample['id']!r} is listed twice")
         files[str(sample["id"])] = label
     mpp = manifest.options.get("mpp")
-    where = f"{folder} (split {split})" if split else str(folder)
     return AnnotationSide(
-        dict(sorted(files.items())), where, "prepared-endonuke", float(mpp) if mpp else None, dict(ENDONUKE_CLASS_NAMES)
+        dict(sorted(files.items())),
+        f"{folder} ({choice.label})",
+        "prepared-endonuke",
+        float(mpp) if mpp else None,
+        dict(ENDONUKE_CLASS_NAMES),
+        choice,
     )
 
 

@@ -60,7 +60,8 @@ def evaluate_celldet(
 
     ``true``/``pred``: a folder (or one file) of centroid txt, hover_net JSON, GeoJSON or CSV files; a hover_net
     output folder whose ``json/`` subfolder holds the files; on the true side also a prepared EndoNuke folder
-    (``split`` restricts it to one split). ``class_map`` maps ground-truth class codes, ``pred_class_map``
+    (``split``: one split, default test, or ``"all"`` to pool them; see :mod:`histostain.metrics.splits`).
+    ``class_map`` maps ground-truth class codes, ``pred_class_map``
     prediction codes (e.g. EndoNuke 0/1/2 onto PanNuke types). ``thresholds`` adds a table of scores for
     predictions with score ``>= t``. ``compat="seed"`` reproduces the seed project's dummy points.
     ``provenance``: the caller's run record (the CLI's); without one the result records this call's arguments.
@@ -89,10 +90,6 @@ def evaluate_celldet(
     warnings: list[str] = []
     true_side = resolve_side(Path(true), "true", split, warnings)
     pred_side = resolve_side(Path(pred), "pred", None, warnings)
-    if split is not None and true_side.kind != "prepared-endonuke":
-        raise ConfigError(
-            f"--split {split} only applies to a prepared EndoNuke ground truth; {true}", hint="omit --split"
-        )
     if true_side.class_names and not class_map:  # the dataset's names, unless its codes were mapped away
         scorer.class_names = true_side.class_names
     paired = pair_by_stem(
@@ -139,9 +136,11 @@ def evaluate_celldet(
         "class_map": scored["class_map"],
         "pred_class_map": scored["pred_class_map"],
         "thresholds": scored["thresholds"],
-        "split": split,
+        # the split(s) of a prepared ground truth that were scored (None: not a prepared folder)
+        **(true_side.split.to_meta() if true_side.split else {"split": None, "splits": None}),
     }
     result.meta = meta
+    result.scope = true_side.split.label if true_side.split else None
     result.warnings = warnings + result.warnings
     summary = result.summary
     log.info(

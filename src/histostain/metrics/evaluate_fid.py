@@ -21,7 +21,15 @@ import torch
 from histostain.errors import ConfigError, InputError
 from histostain.io.atomic import atomic_write
 from histostain.io.images import list_images
-from histostain.metrics.defaults import DEFAULT_BATCH_SIZE, KID_SEED, KID_SUBSET_SIZE, KID_SUBSETS
+from histostain.io.writable import check_output_file
+from histostain.metrics.defaults import (
+    DEFAULT_BATCH_SIZE,
+    FID_WEIGHTS_FILENAME,
+    FID_WEIGHTS_SHA256_PREFIX,
+    KID_SEED,
+    KID_SUBSET_SIZE,
+    KID_SUBSETS,
+)
 from histostain.metrics.fid import (
     check_statistics,
     compute_statistics,
@@ -30,7 +38,7 @@ from histostain.metrics.fid import (
     kid_from_features,
 )
 from histostain.metrics.fid_features import RESIZE_RULE, check_loader_options, extract_features, resolve_num_workers
-from histostain.metrics.inception import FID_FEATURE_DIM, load_fid_inception, resolve_weights
+from histostain.metrics.inception import FID_FEATURE_DIM, is_published_fid_weights, load_fid_inception, resolve_weights
 from histostain.metrics.report import EvaluationResult
 from histostain.provenance import Provenance, record_or_capture
 from histostain.runtime.device import DeviceManager
@@ -137,8 +145,13 @@ class _Extractor:
             self.resolve()
             model, loaded = load_fid_inception(self.path)
             self.sha256 = loaded.sha256
-            if self.device.precision != "fp32":
-                log.info("FID/KID features are computed in fp32; --precision %s is not used", self.device.precision)
+            # Only a precision the user asked for (flag, HISTOSTAIN_PRECISION, config file) deserves a note;
+            # one that "auto" picked was never the user's choice, so saying it is ignored would only confuse.
+            if self.device.precision != "fp32" and self.device.plan.precision_reason == "requested":
+                log.info(
+                    "FID/KID features are computed in fp32; the requested precision %s is not used",
+                    self.device.precision,
+                )
             self.model = self.device.prepare_model(model)
         assert side.images is not None
         start = time.perf_counter()
@@ -167,6 +180,13 @@ class _Extractor:
         }
 
 
+def _log_warnings(warnings: Sequence[str]) -> None:
+    """Result warnings go to the log at DEBUG only: the CLI prints ``result.warnings`` itself, once (a WARNING
+    record would reach its log handler, also under ``--quiet``, and show every warning twice)."""
+    for message in warnings:
+        log.debug("warning: %s", message)
+
+
 def _small_n_warnings(sides: Sequence[_Side], minimum: int = FID_FEATURE_DIM) -> list[str]:
     warnings = []
     for side in sides:
@@ -188,6 +208,35 @@ def _hash_warnings(sides: Sequence[_Side], sha256: str | None) -> list[str]:
         return []
     listed = ", ".join(f"{name}: {sha[:12]}..." for name, sha in sources)
     return [f"the inputs come from different Inception weights ({listed}): the FID is not meaningful"]
+
+
+def _weights_check(sides: Sequence[_Side], sha256: str | None, metric: str) -> tuple[bool | None, list[str]]:
+    """Are the features from the published FID-Inception file? ``(published, warnings)``; None when unknown.
+
+    The network's hashes and those recorded in statistics files are checked alike: a file of the right layout
+    with other values (a randomly initialised or fine-tuned network) gives numbers that look like a FID but
+    compare with nothing published, so the result says so instead of printing them plainly.
+    """
+    known = [("the weights", sha256)] if sha256 else []
+    known += [(f"{side.path} (statistics file)", side.stats_sha256) for side in sides if side.stats_sha256]
+    if not known:
+        return None, []
+    other = [(name, sha) for name, sha in known if not is_published_fid_weights(sha)]
+    if not other:
+        return True, []
+    name, sha = other[0]
+    return False, [
+        f"{name}: sha256 {sha[:8]}... is not the published FID-Inception file "
+        f"({FID_WEIGHTS_FILENAME}, sha256 {FID_WEIGHTS_SHA256_PREFIX}...): this {metric.upper()} is not comparable "
+        "with published values"
+    ]
+
+
+WEIGHTS_NOTES = {
+    True: f"published FID-Inception ({FID_WEIGHTS_SHA256_PREFIX}...)",
+    False: "NOT the published FID-Inception file (not comparable with papers)",
+    None: "unknown (the statistics files record no weights hash)",
+}
 
 
 def _inputs_table(sides: Sequence[_Side]) -> list[dict[str, Any]]:
@@ -217,8 +266,15 @@ def evaluate_fid(
     result records this call's arguments.
     """
     check_loader_options(batch_size, num_workers)
-    if save_stats is not None and Path(save_stats).suffix.lower() != STATS_SUFFIX:
-        raise ConfigError(f"--save-stats must name a .npz file, got {save_stats}")
+    if save_stats is not None:
+        if Path(save_stats).suffix.lower() != STATS_SUFFIX:
+            raise ConfigError(f"--save-stats must name a .npz file, got {save_stats}")
+        if Path(save_stats).is_dir():
+            raise InputError(
+                f"--save-stats {save_stats} is a folder; expected a .npz file name",
+                hint=f"e.g. --save-stats {Path(save_stats) / 'real_stats.npz'}",
+            )
+        check_output_file(save_stats, "--save-stats")  # before any feature is computed
     workers = resolve_num_workers(num_workers, device.plan.kind)
     record = record_or_capture(
         provenance, real=real, fake=fake, weights=weights, batch_size=batch_size, save_stats=save_stats
@@ -262,9 +318,10 @@ def evaluate_fid(
         "saved_stats": saved,
         **extractor.meta(),
     }
-    warnings = _small_n_warnings(sides) + _hash_warnings(sides, extractor.sha256)
-    for message in warnings:
-        log.warning(message)
+    published, weights_warnings = _weights_check(sides, extractor.sha256, "fid")
+    meta["weights_published"] = published
+    warnings = weights_warnings + _small_n_warnings(sides) + _hash_warnings(sides, extractor.sha256)
+    _log_warnings(warnings)
     return EvaluationResult(
         metric="fid",
         summary={"fid": fid, "n_real": real_side.n, "n_fake": fake_side.n},
@@ -272,6 +329,7 @@ def evaluate_fid(
         meta=meta,
         warnings=warnings,
         provenance=record,
+        notes={"weights": WEIGHTS_NOTES[published]},
     )
 
 
@@ -316,14 +374,13 @@ def evaluate_kid(
     assert real_side.features is not None and fake_side.features is not None
     mean, std = kid_from_features(real_side.features, fake_side.features, subsets, subset_size, seed)
     m = min(subset_size, len(real_side.features), len(fake_side.features))
-    warnings = []
+    published, warnings = _weights_check(sides, extractor.sha256, "kid")
     if m < subset_size:
         warnings.append(
             f"subset size reduced from {subset_size} to {m} = min(N real {real_side.n}, N fake {fake_side.n}); "
             f"KID values with other subset sizes have other variance (torch-fidelity refuses this case)"
         )
-    for message in warnings:
-        log.warning(message)
+    _log_warnings(warnings)
     meta: dict[str, Any] = {
         "real": str(real_side.path),
         "fake": str(fake_side.path),
@@ -339,6 +396,7 @@ def evaluate_kid(
         "seed": seed,
         "rng": "numpy.random.default_rng(seed).choice(N, m, replace=False), real then fake per subset",
         **extractor.meta(),
+        "weights_published": published,
     }
     return EvaluationResult(
         metric="kid",
@@ -356,6 +414,7 @@ def evaluate_kid(
         meta=meta,
         warnings=warnings,
         provenance=record,
+        notes={"weights": WEIGHTS_NOTES[published]},
     )
 
 

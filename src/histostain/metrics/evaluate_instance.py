@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 from histostain.errors import ConfigError, InputError
 from histostain.metrics.defaults import DEFAULT_MATCH_IOU, DEFAULT_PROTOCOL, PROTOCOLS
@@ -18,6 +19,7 @@ from histostain.metrics.instance import InstanceScorer, check_match_iou
 from histostain.metrics.instance_sources import open_label_source, open_pannuke_masks, pair_sources, read_tissues
 from histostain.metrics.pannuke import pannuke_scores
 from histostain.metrics.report import EvaluationResult
+from histostain.metrics.splits import SplitChoice, check_split_applies
 from histostain.provenance import Provenance, record_or_capture
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ def evaluate_instance(
 
     ``protocol="hovernet"``: per-image Dice, AJI, AJI+, DQ, SQ, PQ, their means over images (what hover_net's
     ``compute_stats.py`` prints) and the dataset-level pooled DQ/SQ/PQ. ``protocol="pannuke"``: mPQ and bPQ of
-    the official PanNuke-metrics script (see :mod:`histostain.metrics.pannuke`). ``provenance``: the caller's run
+    the official PanNuke-metrics script (see :mod:`histostain.metrics.pannuke`). ``split`` picks the split of a
+    prepared folder (default test; ``"all"`` pools them, hover_net protocol only; see
+    :mod:`histostain.metrics.splits`) and is refused for other inputs. ``provenance``: the caller's run
     record (the CLI's); without one the result records this call's arguments and ``sys.argv``.
     """
     if protocol not in PROTOCOLS:
@@ -56,6 +60,9 @@ def _evaluate_hovernet(true: Path, pred: Path, match_iou: float, split: str | No
 
     true_source = open_label_source(true, split, side="true")
     pred_source = open_label_source(pred, split, side="pred")
+    chosen = true_source.split or pred_source.split
+    if chosen is None:
+        check_split_applies(split, true)
     pairs, unmatched_true, unmatched_pred = pair_sources(true_source, pred_source)
     scorer = InstanceScorer(match_iou)
     for t_index, p_index in track(pairs, "evaluate instance", unit="image"):
@@ -79,7 +86,9 @@ def _evaluate_hovernet(true: Path, pred: Path, match_iou: float, split: str | No
         "undefined_images": scored["undefined_images"],
         "unmatched_true": unmatched_true,
         "unmatched_pred": unmatched_pred,
+        **_split_meta(chosen),
     }
+    result.scope = chosen.label if chosen else None
     unmatched = []
     if unmatched_true:
         unmatched.append(f"{len(unmatched_true)} ground-truth image(s) have no prediction and were left out")
@@ -101,6 +110,9 @@ def evaluate_pannuke(
     """The official PanNuke protocol on ``true``/``pred`` folders; summary mPQ, bPQ; tables per class/tissue."""
     truth = open_pannuke_masks(Path(true), split, "true")
     guess = open_pannuke_masks(Path(pred), split, "pred")
+    chosen = truth.split or guess.split
+    if chosen is None:
+        check_split_applies(split, true)
     if truth.masks.shape[:3] != guess.masks.shape[:3]:
         raise InputError(
             f"{guess.masks_path}: shape {guess.masks.shape} does not match the ground truth "
@@ -135,6 +147,7 @@ def evaluate_pannuke(
         "images_without_nuclei": empty,
         "tissues": len(scores.per_tissue),
         "aggregation": "per image: bPQ and nanmean of class PQs; per tissue: nanmean; mPQ/bPQ: mean over tissues",
+        **_split_meta(chosen),
     }
     return EvaluationResult(
         metric="instance",
@@ -144,7 +157,13 @@ def evaluate_pannuke(
         meta=meta,
         warnings=warnings,
         provenance=record_or_capture(provenance, true=true, pred=pred, split=split, match_iou=match_iou),
+        scope=chosen.label if chosen else None,
     )
+
+
+def _split_meta(choice: SplitChoice | None) -> dict[str, Any]:
+    """``meta.split``/``meta.splits``: the split(s) of prepared data that were scored; None for other inputs."""
+    return choice.to_meta() if choice else {"split": None, "splits": None}
 
 
 __all__ = ["evaluate_instance", "evaluate_pannuke"]

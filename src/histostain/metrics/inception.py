@@ -35,11 +35,11 @@ from torchvision.models.inception import (
 )
 
 from histostain.errors import WeightsError
+from histostain.metrics.defaults import FID_WEIGHTS_FILENAME, FID_WEIGHTS_SHA256_PREFIX
 from histostain.runtime.checkpoint import LoadedWeights, load_checkpoint, sha256_file
 
 log = logging.getLogger(__name__)
 
-FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_FILENAME}"
 FID_INPUT_SIZE = 299
 FID_FEATURE_DIM = 2048
@@ -161,6 +161,16 @@ def weights_missing_error(path: Path) -> WeightsError:
     )
 
 
+def is_published_fid_weights(sha256: str) -> bool:
+    """Whether a weights file is the published FID-Inception file, by its SHA-256.
+
+    The file name carries the first 8 hex digits of the file's SHA-256 (torch hub's convention), so a file of
+    the right layout with other values (a randomly initialised network, a fine-tuned one) is recognised and its
+    FID flagged as not comparable with published numbers, instead of being silently reported.
+    """
+    return sha256.lower().startswith(FID_WEIGHTS_SHA256_PREFIX)
+
+
 def resolve_weights(weights: Path | None = None, weights_dir: Path | None = None) -> Path:
     """``weights`` if given, else ``weights_dir / FID_WEIGHTS_FILENAME`` (default: the settings' weights folder,
     ``HISTOSTAIN_HOME/weights``); never any other network's weights. Missing weights are a one-line error."""
@@ -248,12 +258,14 @@ __all__ = [
     "FID_INPUT_SIZE",
     "FID_NUM_CLASSES",
     "FID_WEIGHTS_FILENAME",
+    "FID_WEIGHTS_SHA256_PREFIX",
     "FID_WEIGHTS_URL",
     "FIDInceptionA",
     "FIDInceptionC",
     "FIDInceptionE1",
     "FIDInceptionE2",
     "FIDInceptionV3",
+    "is_published_fid_weights",
     "load_fid_inception",
     "resolve_weights",
     "weights_missing_error",

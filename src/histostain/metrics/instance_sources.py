@@ -9,7 +9,7 @@ files are :class:`~histostain.errors.InputError` naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,11 @@ import numpy as np
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.npy import NpyRows
+from histostain.metrics.defaults import SPLIT_ALL
 from histostain.metrics.instance import as_labels
 from histostain.metrics.pairing import pair_by_stem
 from histostain.metrics.pannuke import N_CLASSES, binarize
+from histostain.metrics.splits import SplitChoice, choose_split
 
 
 @dataclass
@@ -32,6 +34,7 @@ class LabelSource:
     load: Callable[[int], np.ndarray]
     where: Callable[[int], str]
     is_array: bool
+    split: SplitChoice | None = None  # prepared data: the split(s) read
 
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".mat")
@@ -91,20 +94,8 @@ def _file_source(files: list[Path], description: str) -> LabelSource:
     return LabelSource(description, names, load, lambda i: str(stems[names[i]]), is_array=False)
 
 
-def _choose_split(folder: Path, splits: Sequence[str], split: str | None) -> str:
-    if split is not None:
-        if split not in splits:
-            raise ConfigError(f"{folder}: prepared data has no split {split!r}; it has {', '.join(splits)}")
-        return split
-    if "test" in splits:
-        return "test"
-    if len(splits) == 1:
-        return next(iter(splits))
-    raise ConfigError(f"{folder}: holds the splits {', '.join(splits)}; choose one with --split")
-
-
-def prepared_pannuke_split(folder: Path, split: str | None) -> tuple[str, list[str]]:
-    """The split a prepared PanNuke folder is evaluated on, and its sample ids in row order."""
+def prepared_pannuke_split(folder: Path, split: str | None) -> tuple[SplitChoice, dict[str, list[str]]]:
+    """The split(s) a prepared PanNuke folder is evaluated on and the sample ids of each, in row order."""
     from histostain.datasets.prepared import load_prepared
 
     manifest = load_prepared(folder)
@@ -112,9 +103,31 @@ def prepared_pannuke_split(folder: Path, split: str | None) -> tuple[str, list[s
         raise InputError(
             f"{folder}: prepared {manifest.dataset!r} data has no instance maps; expected prepared PanNuke data"
         )
-    chosen = _choose_split(folder, list(manifest.splits), split)
-    ids = [str(s.get("id", i)) for i, s in enumerate(s for s in manifest.samples if s.get("split") == chosen)]
-    return chosen, ids
+    choice = choose_split(folder, list(manifest.splits), split)
+    ids: dict[str, list[str]] = {}
+    for name in choice.splits:
+        rows = [sample for sample in manifest.samples if sample.get("split") == name]
+        ids[name] = [str(sample.get("id", index)) for index, sample in enumerate(rows)]
+    return choice, ids
+
+
+def _pooled_source(sources: list[LabelSource], description: str, choice: SplitChoice) -> LabelSource:
+    """Several splits' array sources read as one, in split order (``--split all``)."""
+    if len(sources) == 1:
+        sources[0].description, sources[0].split = description, choice
+        return sources[0]
+    index: list[tuple[LabelSource, int]] = [(source, i) for source in sources for i in range(len(source.names))]
+    names = [source.names[i] for source, i in index]
+    if len(set(names)) != len(names):
+        raise InputError(f"{description}: a sample id appears in two splits; pooled splits pair by id")
+    return LabelSource(
+        description,
+        names,
+        lambda k: index[k][0].load(index[k][1]),
+        lambda k: index[k][0].where(index[k][1]),
+        is_array=True,
+        split=choice,
+    )
 
 
 def _array_source(array: NpyRows, names: list[str], path: Path, description: str, merge: bool) -> LabelSource:
@@ -149,9 +162,12 @@ def open_label_source(path: Path, split: str | None = None, side: str = "true") 
             raise InputError(f"{path}: not a label file; expected .tif/.tiff label images or hover_net .mat files")
         return _file_source([path], str(path))
     if (path / "manifest.json").is_file():
-        chosen, ids = prepared_pannuke_split(path, split)
-        maps = path / chosen / "inst_maps.npy"
-        return _array_source(NpyRows(maps, "inst_maps.npy"), ids, maps, f"{path} ({chosen})", merge=False)
+        choice, ids = prepared_pannuke_split(path, split)
+        sources = []
+        for name, names in ids.items():
+            maps = path / name / "inst_maps.npy"
+            sources.append(_array_source(NpyRows(maps, "inst_maps.npy"), names, maps, f"{path} ({name})", merge=False))
+        return _pooled_source(sources, f"{path} ({choice.label})", choice)
     if (path / "masks.npy").is_file():
         array = NpyRows(path / "masks.npy", "masks.npy")
         names = [str(i) for i in range(array.shape[0])]
@@ -202,6 +218,7 @@ class PanNukeMasks:
     types_path: Path | None
     names: list[str] | None
     description: str
+    split: SplitChoice | None = None  # prepared data: the split read
 
 
 def open_pannuke_masks(path: Path, split: str | None, side: str) -> PanNukeMasks:
@@ -209,15 +226,23 @@ def open_pannuke_masks(path: Path, split: str | None, side: str) -> PanNukeMasks
     if not path.exists():
         raise InputError(f"{side} not found: {path}")
     names = None
+    choice = None
     if path.is_file():
         if path.name.endswith(".npy"):
             folder, masks_path, description = path.parent, path, str(path)
         else:
             raise InputError(f"{path}: expected a folder holding masks.npy (the PanNuke-metrics layout)")
     elif (path / "manifest.json").is_file():
-        chosen, names = prepared_pannuke_split(path, split)
-        folder = path / chosen / "eval"
-        masks_path, description = folder / "masks.npy", f"{path} ({chosen})"
+        if split == SPLIT_ALL:
+            raise ConfigError(
+                f"--split {SPLIT_ALL}: the PanNuke protocol scores one split at a time (the paper reports each fold "
+                "and their mean)",
+                hint="run it once per split with --split NAME, or use --protocol hovernet to pool the splits",
+            )
+        choice, ids = prepared_pannuke_split(path, split)
+        names = ids[choice.name]
+        folder = path / choice.name / "eval"
+        masks_path, description = folder / "masks.npy", f"{path} ({choice.label})"
     else:
         folder, masks_path, description = path, path / "masks.npy", str(path)
     if not masks_path.is_file():
@@ -231,7 +256,7 @@ def open_pannuke_masks(path: Path, split: str | None, side: str) -> PanNukeMasks
     if masks.dtype.kind not in "iufb":
         raise InputError(f"{masks_path}: dtype {masks.dtype}; expected numeric instance ids")
     types_path = folder / "types.npy"
-    return PanNukeMasks(masks, masks_path, types_path if types_path.is_file() else None, names, description)
+    return PanNukeMasks(masks, masks_path, types_path if types_path.is_file() else None, names, description, choice)
 
 
 def read_tissues(path: Path | None, masks_path: Path, n: int) -> list[str]:

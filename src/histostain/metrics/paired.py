@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from histostain.metrics.defaults import PAIRED_METRICS
+
 MS_GMSD_WEIGHTS = (0.096, 0.596, 0.289, 0.019)  # scale weights from the MS-GMSD paper (finest first)
 _PREWITT_SMOOTH = np.ones(3) / 3.0
 _PREWITT_DIFF = np.array([1.0, 0.0, -1.0])
@@ -289,7 +291,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "mdsi": mdsi,
     "haarpsi": haarpsi,
 }
-DEFAULT_METRICS = tuple(METRICS)
+# every metric; the names are also in metrics.defaults (import-free, for --help; a test keeps the two equal)
+DEFAULT_METRICS = PAIRED_METRICS
 
 
 __all__ = [

@@ -73,7 +73,11 @@ class HoVerNetConfig(LoopOptions):
     decoder_width: float = Field(1.0, gt=0, description="decoder channel scale (< 1 only for tests and demos)")
     decoder_units: list[int] = Field(default_factory=_default_decoder_units, description="dense units of u3, u2")
     input_size: int | None = Field(None, ge=8, description="network input side (None: the patch size)")
-    init: str = Field("scratch", description="'scratch', or a HoVer-Net checkpoint / pre-activation ResNet-50 file")
+    init: str = Field(
+        "scratch",
+        description="where training starts: scratch (random weights), a HoVer-Net checkpoint, or a pre-activation "
+        "ResNet-50 encoder file",
+    )
     # schedule (per phase)
     phase1_epochs: int = Field(50, ge=0, description="epochs with the encoder frozen")
     phase2_epochs: int = Field(50, ge=0, description="epochs training every layer")

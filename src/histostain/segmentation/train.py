@@ -74,7 +74,7 @@ def train_hovernet(
     prepared: str | Path, config: HoVerNetConfig | None = None, **options: Any
 ) -> tuple[HoVerNetConfig, FitResult]:
     """Train (or resume) a run on prepared PanNuke: :func:`~histostain.runtime.training.run_training` with this
-    trainer's spec (keyword options ``name``, ``runs_dir``, ``manager``, ``resume``, ``overrides``,
+    trainer's spec (keyword options ``name``, ``runs_dir``, ``manager``, ``resume``, ``overwrite``, ``overrides``,
     ``config_file``, ``provenance`` as documented there). A resumed run must keep :data:`RESUME_FIXED`."""
     return run_training(HOVERNET, prepared, config, **options)
 

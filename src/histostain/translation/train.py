@@ -89,7 +89,7 @@ def train_cyclegan(
     prepared: str | Path, config: CycleGANConfig | None = None, **options: Any
 ) -> tuple[CycleGANConfig, FitResult]:
     """Train (or resume) a run on prepared BCI: :func:`~histostain.runtime.training.run_training` with this
-    trainer's spec (keyword options ``name``, ``runs_dir``, ``manager``, ``resume``, ``overrides``,
+    trainer's spec (keyword options ``name``, ``runs_dir``, ``manager``, ``resume``, ``overwrite``, ``overrides``,
     ``config_file``, ``provenance`` as documented there). A resumed run must keep :data:`RESUME_FIXED`."""
     return run_training(CYCLEGAN, prepared, config, **options)
 

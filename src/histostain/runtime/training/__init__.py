@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from histostain.runtime.training.config import check_resume_fixed, resolve_training_config
-    from histostain.runtime.training.metrics_log import MetricsLog, TensorBoard
+    from histostain.runtime.training.metrics_log import MetricsLog, TensorBoard, tensorboard_problem
     from histostain.runtime.training.options import SAVE_LATEST_STEPS, LoopConfig, LoopOptions, loop_default
     from histostain.runtime.training.rng import (
         capture_rng_state,
@@ -34,7 +34,14 @@ if TYPE_CHECKING:
         seed_everything,
         set_deterministic,
     )
-    from histostain.runtime.training.rundir import RUN_TABLE, RunDirectory, open_run, read_toml, record_run
+    from histostain.runtime.training.rundir import (
+        RUN_TABLE,
+        RunDirectory,
+        RunStart,
+        open_run,
+        read_toml,
+        record_run,
+    )
     from histostain.runtime.training.session import TrainingSpec, run_training
     from histostain.runtime.training.signals import StopSignal
     from histostain.runtime.training.state import FitResult, LoopState
@@ -45,6 +52,7 @@ _HOME = {
     "resolve_training_config": "config",
     "MetricsLog": "metrics_log",
     "TensorBoard": "metrics_log",
+    "tensorboard_problem": "metrics_log",
     "SAVE_LATEST_STEPS": "options",
     "LoopConfig": "options",
     "LoopOptions": "options",
@@ -55,6 +63,7 @@ _HOME = {
     "set_deterministic": "rng",
     "RUN_TABLE": "rundir",
     "RunDirectory": "rundir",
+    "RunStart": "rundir",
     "open_run": "rundir",
     "read_toml": "rundir",
     "record_run": "rundir",
@@ -83,6 +92,7 @@ __all__ = [
     "MetricsLog",
     "RUN_TABLE",
     "RunDirectory",
+    "RunStart",
     "SAVE_LATEST_STEPS",
     "StopSignal",
     "TensorBoard",
@@ -101,4 +111,5 @@ __all__ = [
     "run_training",
     "seed_everything",
     "set_deterministic",
+    "tensorboard_problem",
 ]

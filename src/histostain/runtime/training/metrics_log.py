@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import logging
 from collections.abc import Mapping
@@ -15,16 +16,25 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """``metrics.csv``: one row per logging interval (and per validation), columns grow as new keys appear."""
+    """``metrics.csv``: one row per logging interval (and per validation), columns grow as new keys appear.
+
+    The header of an existing file is read at the first use, not when the log is made: a trainer is built
+    before a start replaces the remains of a dead attempt, whose columns must not leak into the new run.
+    """
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
         self.enabled = enabled
-        self.columns: list[str] = []
-        if enabled and path.is_file():
-            with path.open(newline="") as handle:
-                header = next(csv.reader(handle), None)
-            self.columns = list(header or [])
+        self._columns: list[str] | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        if self._columns is None:
+            self._columns = []
+            if self.enabled and self.path.is_file():
+                with self.path.open(newline="") as handle:
+                    self._columns = list(next(csv.reader(handle), None) or [])
+        return self._columns
 
     def _rows(self) -> list[dict[str, str]]:
         if not self.path.is_file():
@@ -56,7 +66,7 @@ class MetricsLog:
         new = [key for key in row if key not in self.columns]
         if new or not self.path.is_file():
             rows = self._rows()
-            self.columns += new
+            self.columns.extend(new)
             self._rewrite([*rows, row])
             return
         with self.path.open("a", newline="") as handle:
@@ -78,6 +88,23 @@ def _as_int(value: Any) -> int:
         return -1
 
 
+def tensorboard_problem() -> str | None:
+    """Why TensorBoard events cannot be written here (``"not installed"``, ``"cannot be imported (...)"``), or
+    None when they can. tensorboard is optional; the training session says what this means once per run."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except Exception as exc:  # any import problem just means no events
+        try:
+            missing = importlib.util.find_spec("tensorboard") is None
+        except (ImportError, ValueError):
+            missing = True
+        if missing:
+            return "not installed"
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return f"cannot be imported ({reason})"
+    return None
+
+
 class TensorBoard:
     """Scalars to TensorBoard when ``torch.utils.tensorboard`` (i.e. the tensorboard package) is importable."""
 
@@ -85,11 +112,12 @@ class TensorBoard:
         self.writer: Any = None
         if not enabled:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is optional: any import problem just means no events
-            log.debug("tensorboard is not installed; no event files will be written")
+        problem = tensorboard_problem()
+        if problem is not None:
+            log.debug("tensorboard %s; no event files will be written", problem)
             return
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(folder))
 
     def scalars(self, step: int, values: Mapping[str, Any]) -> None:
@@ -105,4 +133,4 @@ class TensorBoard:
             self.writer = None
 
 
-__all__ = ["MetricsLog", "TensorBoard"]
+__all__ = ["MetricsLog", "TensorBoard", "tensorboard_problem"]

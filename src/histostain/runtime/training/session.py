@@ -4,12 +4,17 @@
 contributes a :class:`TrainingSpec` (its config type, datasets, trainer, extra run information and one log
 line), so the order of the steps (and why it is that order) lives here once:
 
-1. check the run folder and resolve the options (on resume over the run's own config.toml) - nothing written;
+1. check that the runs folder can be written, decide how the run folder is treated (new, resumed, a dead
+   start's remains started again, ``--overwrite``; :meth:`RunDirectory.plan_start`) and resolve the options
+   (on resume over the run's own config.toml) - nothing written, so a wrong ``--runs-dir`` costs one line
+   before any data is read;
 2. the trainer's own checks (e.g. a weights file it needs later), then its datasets - still nothing written,
    so a wrong path or a bad dataset leaves no half-made run folder behind;
 3. join the torchrun process group; a barrier, so every rank has checked the folder before rank 0 creates it;
 4. build the trainer (before any file is written: a bad init file leaves no run folder either);
-5. rank 0 records config.toml (resolved options and the ``[run]`` provenance table), then a barrier;
+5. rank 0 replaces the folder it is told to replace (only now: a failure above leaves an old run intact) and
+   records config.toml (resolved options, the ``[run]`` provenance table, what happens to TensorBoard), then a
+   barrier;
 6. fit, a barrier, and leave the process group whatever happened.
 """
 
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from histostain.runtime.training.metrics_log import tensorboard_problem
 from histostain.runtime.training.options import LoopOptions
 from histostain.runtime.training.rundir import RunDirectory, open_run, record_run
 
@@ -75,6 +81,7 @@ def run_training(
     runs_dir: str | Path = "runs",
     manager: DeviceManager,
     resume: bool = False,
+    overwrite: bool = False,
     overrides: Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
     provenance: Provenance | None = None,
@@ -83,21 +90,26 @@ def run_training(
 
     Without ``config`` the options are resolved as defaults < the run's own config.toml (on resume) <
     ``config_file`` < ``overrides``; a resumed run must keep the config type's ``resume_fixed`` options.
-    ``provenance`` (the CLI's record of the command) goes to config.toml's ``[run]`` table; a resume appends
-    it to the run's history. Returns the resolved config and what the loop did.
+    A run folder without any checkpoint is started again (``resume`` or not); ``overwrite`` replaces a run
+    that has checkpoints. ``provenance`` (the CLI's record of the command) goes to config.toml's ``[run]``
+    table; a resume appends it to the run's history. Returns the resolved config and what the loop did.
     """
-    from histostain.runtime.distributed import init_distributed
+    from histostain.runtime.distributed import detect, init_distributed
 
     prepared = Path(prepared)
     config_type = spec.config_type
-    run, config = open_run(
+    start, config = open_run(
         runs_dir,
         name,
         resume,
         config,
         lambda stored: config_type.resolve(config_file=config_file, overrides=overrides, base=stored),
         lambda stored, resolved: config_type.model_validate(stored).check_resume(resolved),
+        overwrite=overwrite,
     )
+    run, resume = start.run, start.resume  # a folder without checkpoints has nothing to resume
+    if start.note and detect().is_main:
+        log.info("%s", start.note)  # now, before the data is read: the user learns at once what this start does
     spec.prepare(config)
     train, val = spec.datasets(prepared, config)
     dist = init_distributed(manager)
@@ -105,7 +117,10 @@ def run_training(
         dist.barrier()  # every rank has checked the run folder before rank 0 creates it
         trainer = spec.trainer(config, run, dist, train, val, resume)
         info = spec.run_info(config, trainer, train, run, resume)
-        record_run(run, dist, config, provenance, prepared, config_file, **info)
+        tensorboard = _tensorboard_status(config.tensorboard, dist.is_main)
+        record_run(
+            run, dist, config, provenance, prepared, config_file, replace=start.replace, tensorboard=tensorboard, **info
+        )
         dist.barrier()
         log.info(
             "training %s on %d patches for %d epochs -> %s",
@@ -119,6 +134,23 @@ def run_training(
         return config, result
     finally:
         dist.cleanup()
+
+
+def _tensorboard_status(wanted: bool, is_main: bool) -> str:
+    """What really happens to TensorBoard in this start, for config.toml's ``[run]`` table: ``on``, ``off``,
+    ``not installed`` or ``cannot be imported (...)``. The option itself stays as the user set it (installing
+    tensorboard and resuming then writes events); a wanted but impossible TensorBoard is said once, by rank 0."""
+    if not wanted:
+        return "off"
+    problem = tensorboard_problem()
+    if problem is None:
+        return "on"
+    if is_main:
+        if problem == "not installed":
+            log.warning("tensorboard is not installed: no event files are written (pip install tensorboard)")
+        else:
+            log.warning("tensorboard %s: no event files are written", problem)
+    return problem
 
 
 __all__ = ["TrainingSpec", "run_training"]
