@@ -113,3 +113,15 @@ def install_fid_weights(fid_weights: Path) -> Callable[[Path], Path]:
         return target
 
     return install
+
+
+@pytest.fixture(scope="session")
+def prepared_bci(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature prepared BCI, made once: 6 synthetic 48 x 48 pairs, splits train / val / test."""
+    from histostain.datasets.bci import prepare_bci
+    from histostain.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("bci")
+    write_dataset("bci", root / "raw", n=6, size=48, seed=1)
+    prepare_bci(root / "raw", root / "prepared", patch=48, size=0, val_fraction=0.34, seed=0)
+    return root / "prepared"

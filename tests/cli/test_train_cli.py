@@ -10,24 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from histostain.datasets.bci import prepare_bci
 from histostain.io.images import read_image
 from histostain.runtime.checkpoint import load_histostain_checkpoint
 from histostain.runtime.training import FitResult
 from histostain.segmentation.config import HoVerNetConfig
-from histostain.synth import write_dataset
 from histostain.translation.train_config import CycleGANConfig
 
 CLI = ["--quiet", "--device", "cpu"]  # global options: no progress output, and CPU even on a machine with a GPU
 TINY = ["--ngf", "4", "--ndf", "4", "--n-blocks", "1", "--crop", "32", "--num-workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bci")
-    write_dataset("bci", root / "raw", n=6, size=48, seed=1)
-    prepare_bci(root / "raw", root / "prepared", patch=48, size=0, val_fraction=0.34, seed=0)
-    return root / "prepared"
+@pytest.fixture
+def prepared(prepared_bci: Path) -> Path:
+    """The session's miniature prepared BCI (tests/conftest.py)."""
+    return prepared_bci
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import nn
 from torch.utils.data import Dataset
 
-from histostain.datasets.bci import prepare_bci
 from histostain.errors import ConfigError
 from histostain.io.images import read_image
 from histostain.provenance import Provenance
@@ -28,7 +27,7 @@ from histostain.runtime.checkpoint import load_histostain_checkpoint
 from histostain.runtime.device import DeviceManager
 from histostain.runtime.distributed import DistContext, DistEnv, init_distributed
 from histostain.runtime.training import RunDirectory, TrainingDiverged
-from histostain.synth import generate_tile, write_dataset
+from histostain.synth import generate_tile
 from histostain.translation.cyclegan import build_generator
 from histostain.translation.train import train_cyclegan
 from histostain.translation.train_config import CycleGANConfig, check_resume_compatible, resolve_config
@@ -37,13 +36,10 @@ from histostain.translation.trainer import CycleGANTrainer, ImagePool, linear_de
 CPU = DeviceManager.create("cpu", "fp32")
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A miniature prepared BCI: 48 x 48 patches, splits train / val / test."""
-    root = tmp_path_factory.mktemp("bci")
-    write_dataset("bci", root / "raw", n=6, size=48, seed=0)
-    prepare_bci(root / "raw", root / "prepared", patch=48, size=0, val_fraction=0.34, seed=0)
-    return root / "prepared"
+@pytest.fixture
+def prepared(prepared_bci: Path) -> Path:
+    """The session's miniature prepared BCI (tests/conftest.py)."""
+    return prepared_bci
 
 
 class Tiles(Dataset):

@@ -82,18 +82,23 @@ def _check_creatable(path: Path, option: str) -> None:
         )
 
 
+def _writable_folder(folder: Path, option: str, target: Path, what: str) -> Path:
+    """``folder`` if it is a folder this process may write into (existing), else one line naming ``target``."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(
+            f"cannot write {option} {target}: {what} is not writable (permission denied or read-only)",
+            hint="choose a folder you can write to",
+        )
+    return folder
+
+
 def check_output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """Fail now, in one line, when ``path`` cannot be (or become) a writable folder. Creates nothing."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{option} {folder} is a file, not a folder", hint="choose a folder for the outputs")
     if folder.is_dir():
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise InputError(
-                f"cannot write {option} {folder}: the folder is not writable (permission denied or read-only)",
-                hint="choose a folder you can write to",
-            )
-        return folder
+        return _writable_folder(folder, option, folder, "the folder")
     _check_creatable(folder, option)
     return folder
 
@@ -112,11 +117,7 @@ def check_output_file(path: str | os.PathLike[str], option: str = "--out") -> Pa
     if parent.exists() and not parent.is_dir():
         raise InputError(f"cannot write {option} {file}: {parent} is a file, not a folder")
     if parent.is_dir():
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise InputError(
-                f"cannot write {option} {file}: {parent} is not writable (permission denied or read-only)",
-                hint="choose a folder you can write to",
-            )
+        _writable_folder(parent, option, file, str(parent))
         return file
     _check_creatable(parent, option)
     return file
