@@ -14,7 +14,9 @@ from histostain.io.annotations import (
     Nucleus,
     centroids_array,
     format_number,
+    name_colour,
     polygon_centroid,
+    qupath_geojson_problems,
     read_annotations,
     read_centroids_txt,
     read_csv,
@@ -27,7 +29,7 @@ from histostain.io.annotations import (
     write_geojson,
     write_hovernet_json,
 )
-from histostain.vocabulary import ENDONUKE_CLASS_NAMES
+from histostain.vocabulary import ENDONUKE_CLASS_NAMES, ENDONUKE_TYPE_COLOURS, type_colour
 
 
 def write(path: Path, text: str) -> Path:
@@ -361,10 +363,12 @@ def test_polygon_centroid_is_area_centroid_not_vertex_mean() -> None:
 
 
 def test_geojson_writer_structure(tmp_path: Path) -> None:
+    # Format 2 (QuPath 0.3-0.7 rules): both type keys, coloured classes, measurements as a list, and a
+    # degenerate contour written as a one-pixel square instead of a Point.
     nuclei = [
         Nucleus(id=1, centroid=(12.5, 22.0), type=2, type_prob=0.5, contour=np.array([[10, 20], [14, 20], [14, 24]])),
         Nucleus(id=2, centroid=(5.0, 6.0), contour=np.array([[5, 6], [6, 6]])),  # too short for a polygon
-        Nucleus(id=3, centroid=(7.0, 8.0), type=9),
+        Nucleus(id=3, centroid=(7.0, 8.0), type=9),  # no contour: a point annotation
     ]
     path = write_geojson(tmp_path / "out.geojson", nuclei)
     data = json.loads(path.read_text())
@@ -374,14 +378,24 @@ def test_geojson_writer_structure(tmp_path: Path) -> None:
     assert first["geometry"] == {"type": "Polygon", "coordinates": [[[10, 20], [14, 20], [14, 24], [10, 20]]]}
     assert first["properties"] == {
         "objectType": "detection",
+        "object_type": "detection",
         "classification": {"name": "Inflammatory", "color": [0, 255, 0]},  # hover_net's type_info colour
-        "measurements": {"nucleus_id": 1, "centroid_x": 12.5, "centroid_y": 22.0, "type_prob": 0.5},
+        "measurements": [
+            {"name": "nucleus_id", "value": 1},
+            {"name": "centroid_x", "value": 12.5},
+            {"name": "centroid_y", "value": 22.0},
+            {"name": "type_prob", "value": 0.5},
+        ],
     }
-    assert second["geometry"] == {"type": "Point", "coordinates": [5.0, 6.0]}
+    square = [[4.5, 5.5], [5.5, 5.5], [5.5, 6.5], [4.5, 6.5], [4.5, 5.5]]
+    assert second["geometry"] == {"type": "Polygon", "coordinates": [square]}
     assert "classification" not in second["properties"]
-    assert third["properties"]["classification"] == {"name": "9"}  # no name or colour known for code 9
+    assert third["geometry"] == {"type": "Point", "coordinates": [7.0, 8.0]}
+    assert third["properties"]["classification"] == {"name": "9", "color": list(type_colour(9))}  # palette colour
     ids = [uuid.UUID(f["id"]) for f in data["features"]]
     assert all(u.version == 5 for u in ids) and len(set(ids)) == 3
+    assert qupath_geojson_problems(path, allow_points=True) == []
+    assert qupath_geojson_problems(path) == ["features[2]: geometry must be a Polygon, got 'Point'"]
 
 
 def test_geojson_polygons_are_written_closed(tmp_path: Path) -> None:
@@ -440,15 +454,18 @@ def test_geojson_round_trip_with_endonuke_names_and_unknown_codes(tmp_path: Path
         Nucleus(id=4, centroid=(4, 4), type=7),
         Nucleus(id=5, centroid=(5, 5), type_name="Lymphocyte"),
     ]
-    path = write_geojson(tmp_path / "e.geojson", nuclei, type_names=ENDONUKE_CLASS_NAMES, type_colors={})
+    path = write_geojson(tmp_path / "e.geojson", nuclei, type_names=ENDONUKE_CLASS_NAMES)
     names = [f["properties"].get("classification") for f in json.loads(path.read_text())["features"]]
+    # Every class has a colour (QuPath rejects one without): EndoNuke names take EndoNuke colours, an unnamed
+    # code the palette's, a bare name a colour derived from the name.
     assert names == [
-        {"name": "stroma"},
-        {"name": "epithelium"},
-        {"name": "other"},
-        {"name": "7"},
-        {"name": "Lymphocyte"},
+        {"name": "stroma", "color": list(ENDONUKE_TYPE_COLOURS[0])},
+        {"name": "epithelium", "color": list(ENDONUKE_TYPE_COLOURS[1])},
+        {"name": "other", "color": list(ENDONUKE_TYPE_COLOURS[2])},
+        {"name": "7", "color": list(type_colour(7))},
+        {"name": "Lymphocyte", "color": list(name_colour("Lymphocyte"))},
     ]
+    assert qupath_geojson_problems(path, allow_points=True) == []
     assert read_geojson(path, type_names=ENDONUKE_CLASS_NAMES) == nuclei
     # Read with the wrong table, the names are kept instead of being mistaken for PanNuke codes.
     wrong = read_geojson(path)

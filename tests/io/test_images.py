@@ -523,3 +523,42 @@ def test_listing_is_independent_of_directory_order(tmp_path: Path) -> None:
     for name in rng.permutation(names):
         _touch(tmp_path / str(name))
     assert [p.name for p in list_images(tmp_path)] == sorted(names)
+
+
+def test_label_pages_keep_each_dtype_name_and_scale(tmp_path: Path) -> None:
+    instances = np.arange(20, dtype=np.int32).reshape(4, 5) * 100_000
+    types = (np.arange(20) % 6).astype(np.uint8).reshape(4, 5)
+    path = images.write_label_pages(tmp_path / "maps.tif", [("instance", instances), ("type", types)], mpp=0.5)
+    pages = images.read_label_pages(path)
+    assert list(pages) == ["instance", "type"]
+    assert pages["instance"].dtype == np.int32 and pages["type"].dtype == np.uint8
+    np.testing.assert_array_equal(pages["instance"], instances)
+    np.testing.assert_array_equal(pages["type"], types)
+    # Page 0 is what every single-map reader sees; key=1 is the type map.
+    np.testing.assert_array_equal(read_label_tiff(path), instances)
+    np.testing.assert_array_equal(tifffile.imread(path), instances)
+    np.testing.assert_array_equal(tifffile.imread(path, key=1), types)
+    with tifffile.TiffFile(path) as tif:
+        for page in tif.pages:
+            assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+            numerator, denominator = page.tags["XResolution"].value
+            assert numerator / denominator == pytest.approx(20_000)
+
+
+def test_label_pages_refuse_bad_input_and_name_unnamed_pages(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one page"):
+        images.write_label_pages(tmp_path / "a.tif", [])
+    with pytest.raises(ValueError, match="one shape"):
+        images.write_label_pages(
+            tmp_path / "a.tif", [("a", np.zeros((2, 2), np.int32)), ("b", np.zeros((3, 2), np.int32))]
+        )
+    with pytest.raises(ValueError, match="integer label array"):
+        images.write_label_pages(tmp_path / "a.tif", [("a", np.zeros((2, 2), np.float32))])
+    assert not (tmp_path / "a.tif").exists()
+    with tifffile.TiffWriter(tmp_path / "plain.tif") as tif:
+        tif.write(np.ones((2, 2), np.uint16), photometric="minisblack", metadata=None)
+        tif.write(np.zeros((2, 2), np.uint8), photometric="minisblack", metadata=None)
+    assert list(images.read_label_pages(tmp_path / "plain.tif")) == ["page0", "page1"]
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((3, 4, 3), np.uint8), photometric="rgb")
+    with pytest.raises(InputError, match="2-D"):
+        images.read_label_pages(tmp_path / "rgb.tif")

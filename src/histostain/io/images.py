@@ -39,7 +39,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -384,17 +384,11 @@ def write_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     return target
 
 
-def write_label_tiff(path: str | os.PathLike[str], labels: np.ndarray, mpp: float | None = None) -> Path:
-    """Write a 2-D integer label map (instance ids or types) as a lossless zlib TIFF, atomically.
-
-    uint8, uint16, int32 and uint32 are stored unchanged; int64/uint64 (what scikit-image returns) are narrowed
-    to int32/uint32 when the values fit, because TIFF readers handle 64-bit samples poorly. With ``mpp``
-    (microns per pixel) the resolution tags are set so viewers show the right scale.
-    """
-    target = Path(path)
+def _label_array(labels: np.ndarray, writer: str) -> np.ndarray:
+    """A 2-D label map in a dtype TIFF readers handle: 64-bit ids narrowed to 32 bits when they fit."""
     array = np.asarray(labels)
     if array.ndim != 2:
-        raise ValueError(f"write_label_tiff expects a 2-D label array, got shape {array.shape}")
+        raise ValueError(f"{writer} expects a 2-D label array, got shape {array.shape}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     elif array.dtype in (np.int64, np.uint64, np.int16, np.int8):
@@ -404,14 +398,30 @@ def write_label_tiff(path: str | os.PathLike[str], labels: np.ndarray, mpp: floa
             raise ValueError(f"label values {array.min()}..{array.max()} do not fit {np.dtype(narrow)}")
         array = array.astype(narrow)
     if array.dtype not in _LABEL_DTYPES:
-        raise ValueError(f"write_label_tiff expects an integer label array, got dtype {array.dtype}")
-    extra: dict[str, Any] = {}
-    if mpp is not None:
-        if not mpp > 0:
-            raise ValueError(f"mpp must be positive, got {mpp}")
-        pixels_per_cm = 1e4 / mpp  # 1 cm = 10^4 micrometres
-        extra.update(resolution=(pixels_per_cm, pixels_per_cm), resolutionunit="CENTIMETER")
-    array = np.ascontiguousarray(array)
+        raise ValueError(f"{writer} expects an integer label array, got dtype {array.dtype}")
+    return np.ascontiguousarray(array)
+
+
+def _resolution_tags(mpp: float | None) -> dict[str, Any]:
+    """TIFF resolution tags for ``mpp`` micrometres per pixel, so viewers show the right scale."""
+    if mpp is None:
+        return {}
+    if not mpp > 0:
+        raise ValueError(f"mpp must be positive, got {mpp}")
+    pixels_per_cm = 1e4 / mpp  # 1 cm = 10^4 micrometres
+    return {"resolution": (pixels_per_cm, pixels_per_cm), "resolutionunit": "CENTIMETER"}
+
+
+def write_label_tiff(path: str | os.PathLike[str], labels: np.ndarray, mpp: float | None = None) -> Path:
+    """Write a 2-D integer label map (instance ids or types) as a lossless zlib TIFF, atomically.
+
+    uint8, uint16, int32 and uint32 are stored unchanged; int64/uint64 (what scikit-image returns) are narrowed
+    to int32/uint32 when the values fit, because TIFF readers handle 64-bit samples poorly. With ``mpp``
+    (microns per pixel) the resolution tags are set so viewers show the right scale.
+    """
+    target = Path(path)
+    array = _label_array(labels, "write_label_tiff")
+    extra = _resolution_tags(mpp)
 
     def _write(handle: IO[bytes]) -> None:
         tifffile.imwrite(handle, array, photometric="minisblack", compression="zlib", metadata=None, **extra)
@@ -420,8 +430,42 @@ def write_label_tiff(path: str | os.PathLike[str], labels: np.ndarray, mpp: floa
     return target
 
 
+_PAGE_NAME_TAG = 285  # TIFF PageName (ASCII)
+
+
+def write_label_pages(
+    path: str | os.PathLike[str], pages: Sequence[tuple[str, np.ndarray]], mpp: float | None = None
+) -> Path:
+    """Write several named 2-D label maps of one image as the pages of one lossless TIFF, atomically.
+
+    Each map keeps its own dtype (e.g. int32 instance ids and uint8 types), which is why they are pages and not
+    channels of one array: a multi-channel TIFF has one sample type. Every page carries its name in the TIFF
+    ``PageName`` tag and, with ``mpp``, the resolution tags. Page 0 is what :func:`read_label_tiff` and
+    ``tifffile.imread(path)`` return; ``tifffile.imread(path, key=i)`` reads page ``i``.
+    """
+    if not pages:
+        raise ValueError("write_label_pages needs at least one page")
+    arrays = [(str(name), _label_array(labels, "write_label_pages")) for name, labels in pages]
+    shapes = {array.shape for _, array in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"label pages of one image must have one shape, got {sorted(shapes)}")
+    extra = _resolution_tags(mpp)
+
+    def _write(handle: IO[bytes]) -> None:
+        with tifffile.TiffWriter(handle) as tiff:
+            for name, array in arrays:
+                tag = (_PAGE_NAME_TAG, "s", 0, name, True)
+                tiff.write(array, photometric="minisblack", compression="zlib", metadata=None, extratags=[tag], **extra)
+
+    atomic_write(Path(path), _write)
+    return Path(path)
+
+
 def read_label_tiff(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a label TIFF written by :func:`write_label_tiff` (or any 2-D integer TIFF) without conversion."""
+    """Read a label TIFF written by :func:`write_label_tiff` (or any 2-D integer TIFF) without conversion.
+
+    For a file of :func:`write_label_pages` this is its first page (the instance map of ``segment`` output).
+    """
     target = Path(path)
     _check_file(target)
     try:
@@ -431,6 +475,11 @@ def read_label_tiff(path: str | os.PathLike[str]) -> np.ndarray:
         raise
     except Exception as exc:  # decoder failures on a user file are input problems
         raise InputError(f"cannot read label image {target}: {_reason(exc)}") from exc
+    _check_labels(target, data)
+    return data
+
+
+def _check_labels(target: Path, data: np.ndarray) -> None:
     if data.ndim != 2:
         raise InputError(
             f"cannot read label image {target}: expected a 2-D label map, got shape {data.shape}",
@@ -438,7 +487,26 @@ def read_label_tiff(path: str | os.PathLike[str]) -> np.ndarray:
         )
     if not (np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_):
         raise InputError(f"cannot read label image {target}: expected integer labels, got dtype {data.dtype}")
-    return data
+
+
+def read_label_pages(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every page of a label TIFF by name (its ``PageName`` tag, else ``page<i>``), dtypes unchanged."""
+    target = Path(path)
+    _check_file(target)
+    pages: dict[str, np.ndarray] = {}
+    try:
+        with tifffile.TiffFile(target) as tif:
+            for index, page in enumerate(tif.pages):
+                tag = page.tags.get("PageName")
+                name = str(tag.value) if tag is not None else f"page{index}"
+                pages[name if name not in pages else f"page{index}"] = np.asarray(page.asarray())
+    except MemoryError:
+        raise
+    except Exception as exc:  # decoder failures on a user file are input problems
+        raise InputError(f"cannot read label image {target}: {_reason(exc)}") from exc
+    for data in pages.values():
+        _check_labels(target, data)
+    return pages
 
 
 # --------------------------------------------------------------------------------------------------- listing
@@ -483,7 +551,9 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "list_images",
     "read_image",
+    "read_label_pages",
     "read_label_tiff",
     "write_image",
+    "write_label_pages",
     "write_label_tiff",
 ]

@@ -29,6 +29,13 @@ from histostain.io.annotations.centroids_txt import (
     read_centroids_txt,
     write_centroids_txt,
 )
+from histostain.io.annotations.classes import (
+    IHC_CLASS_COLOURS,
+    IHC_CLASS_NAMES,
+    class_colour,
+    colours_for_names,
+    name_colour,
+)
 from histostain.io.annotations.csv_table import (
     read_csv,
     write_csv,
@@ -52,10 +59,12 @@ from histostain.io.annotations.model import (
     FORMATS,
     GEOJSON_ID_NAMESPACE,
     GEOJSON_OBJECT_TYPES,
+    RESERVED_MEASUREMENTS,
     Nucleus,
     centroids_array,
     types_array,
 )
+from histostain.io.annotations.qupath_check import assert_qupath_geojson, qupath_geojson_problems
 
 PathLike = str | os.PathLike[str]
 
@@ -150,13 +159,21 @@ __all__ = [
     "GEOJSON_OBJECT_TYPES",
     "FORMATS",
     "GEOJSON_ID_NAMESPACE",
+    "IHC_CLASS_COLOURS",
+    "IHC_CLASS_NAMES",
+    "RESERVED_MEASUREMENTS",
     "Nucleus",
+    "assert_qupath_geojson",
     "centroids_array",
+    "class_colour",
+    "colours_for_names",
     "format_number",
     "geojson_feature_id",
     "geojson_features",
     "hovernet_dict",
+    "name_colour",
     "polygon_centroid",
+    "qupath_geojson_problems",
     "read_annotations",
     "read_centroids_txt",
     "read_csv",

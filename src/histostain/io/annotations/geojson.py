@@ -1,10 +1,17 @@
-"""QuPath GeoJSON: a FeatureCollection (or bare list) of detection / annotation / cell features."""
+"""QuPath GeoJSON: a FeatureCollection (or bare list) of detection / annotation / cell features.
+
+The writer follows what QuPath's reader accepts in every version from 0.3 to 0.7 (reference
+segment_outputs.md §1): object type under both ``objectType`` and ``object_type`` inside ``properties`` and no
+``type`` property, classifications with a colour, measurements as a list, valid closed polygon rings, UUID
+ids. :func:`~histostain.io.annotations.qupath_check.qupath_geojson_problems` checks a file against these rules.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
-import uuid
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +22,13 @@ from histostain.io.annotations._shared import (
     _as_int,
     _check_in_image,
     _check_unique_ids,
-    _contour_list,
     _dump_json,
     _finite,
     _load_json,
     _short,
     polygon_centroid,
 )
+from histostain.io.annotations.classes import class_colour, colours_for_names, name_colour
 from histostain.io.annotations.hovernet_json import (
     _parse_points,
 )
@@ -29,26 +36,103 @@ from histostain.io.annotations.model import (
     _LEGACY_OBJECT_TYPES,
     GEOJSON_ID_NAMESPACE,
     GEOJSON_OBJECT_TYPES,
+    RESERVED_MEASUREMENTS,
     Nucleus,
 )
+from histostain.io.annotations.polygons import qupath_rings
 from histostain.io.atomic import atomic_write_text
-from histostain.vocabulary import PANNUKE_TYPE_COLOURS, PANNUKE_TYPE_NAMES, RGB
+from histostain.vocabulary import PANNUKE_TYPE_NAMES, RGB
 
 PathLike = str | os.PathLike[str]
 
 # --------------------------------------------------------------------------------------------- QuPath GeoJSON
 
 
+_NAMESPACE_BYTES = GEOJSON_ID_NAMESPACE.bytes
+
+
 def geojson_feature_id(nucleus_id: int, image_name: str | None = None) -> str:
-    """Deterministic UUID for a nucleus, so re-running a command writes byte-identical GeoJSON."""
+    """Deterministic UUID for a nucleus, so re-running a command writes byte-identical GeoJSON.
+
+    ``uuid.uuid5(GEOJSON_ID_NAMESPACE, "<image_name>/<id>")``, computed directly from the SHA-1 as RFC 4122
+    defines it (``uuid.UUID`` objects cost more than the hash on images of tens of thousands of nuclei).
+    """
     key = f"{image_name}/{nucleus_id}" if image_name else str(nucleus_id)
-    return str(uuid.uuid5(GEOJSON_ID_NAMESPACE, key))
+    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + key.encode("utf-8")).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _class_name(nucleus: Nucleus, names: Mapping[int, str]) -> str | None:
     if nucleus.type is not None:
         return names.get(nucleus.type, str(nucleus.type))
     return nucleus.type_name
+
+
+def _classification(nucleus: Nucleus, names: Mapping[int, str], colors: Mapping[int, RGB]) -> dict[str, Any] | None:
+    """``{"name", "color"}``: QuPath 0.4+ refuses a class without a colour, so every class gets one."""
+    name = _class_name(nucleus, names)
+    if name is None:
+        return None
+    color = class_colour(nucleus.type, colors) if nucleus.type is not None else name_colour(name)
+    return {"name": name, "color": [int(c) for c in color]}
+
+
+def _measurement_list(nucleus: Nucleus, exact_centroid: bool) -> list[dict[str, Any]]:
+    """QuPath measurements as a list of ``{name, value}``, the one form every QuPath from 0.3 to 0.7 reads.
+
+    Non-finite values are left out: NaN is not JSON, and QuPath before 0.5 rejects the "NaN" string.
+    """
+    values: dict[str, float | int] = {"nucleus_id": nucleus.id}
+    if exact_centroid:
+        # The polygon's own centroid differs slightly from the pixel-mask centroid; keep the latter exactly.
+        values["centroid_x"], values["centroid_y"] = nucleus.centroid
+    for name in ("type_prob", "area", "score"):
+        value = getattr(nucleus, name)
+        if value is not None:
+            values[name] = value
+    for name, value in nucleus.measurements.items():
+        if name in RESERVED_MEASUREMENTS:
+            raise ValueError(f"measurement name {name!r} is reserved for a Nucleus field")
+        values[name] = value
+    return [{"name": name, "value": value} for name, value in values.items() if math.isfinite(value)]
+
+
+def _features(
+    nuclei: Iterable[Nucleus],
+    object_type: str,
+    type_names: Mapping[int, str] | None,
+    type_colors: Mapping[int, RGB] | None,
+    image_name: str | None,
+    image_size: tuple[int, int] | None,
+) -> Iterator[tuple[str, str, Any, dict[str, Any]]]:
+    """Per nucleus ``(id, geometry type, coordinates, properties)``; coordinates of a Polygon are its ring."""
+    if object_type not in GEOJSON_OBJECT_TYPES:
+        raise ConfigError(
+            f"unknown QuPath object type {object_type!r}", hint=f"use one of {', '.join(GEOJSON_OBJECT_TYPES)}"
+        )
+    names = PANNUKE_TYPE_NAMES if type_names is None else type_names
+    colors = colours_for_names(type_names) if type_colors is None else type_colors
+    nuclei = list(nuclei)
+    _check_unique_ids(nuclei)
+    with_contour = [n for n in nuclei if n.contour is not None]
+    contours = [n.contour for n in with_contour]
+    rings = iter(qupath_rings(contours, [n.bbox for n in with_contour], [n.centroid for n in with_contour], image_size))
+    for n in nuclei:
+        if n.contour is None:
+            kind, coordinates = "Point", [n.centroid[0], n.centroid[1]]
+        else:
+            kind, coordinates = "Polygon", next(rings)[0]
+        # Both type keys: QuPath 0.4+ reads objectType, 0.3 only object_type. Never "type": QuPath would read
+        # it as the object type.
+        properties: dict[str, Any] = {"objectType": object_type, "object_type": object_type}
+        classification = _classification(n, names, colors)
+        if classification is not None:
+            properties["classification"] = classification
+        properties["measurements"] = _measurement_list(n, exact_centroid=n.contour is not None)
+        yield geojson_feature_id(n.id, image_name), kind, coordinates, properties
 
 
 def geojson_features(
@@ -58,46 +142,48 @@ def geojson_features(
     type_names: Mapping[int, str] | None = None,
     type_colors: Mapping[int, RGB] | None = None,
     image_name: str | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """QuPath v0.4+ features, one per nucleus (see :func:`write_geojson`)."""
-    if object_type not in GEOJSON_OBJECT_TYPES:
-        raise ConfigError(
-            f"unknown QuPath object type {object_type!r}", hint=f"use one of {', '.join(GEOJSON_OBJECT_TYPES)}"
-        )
-    names = PANNUKE_TYPE_NAMES if type_names is None else type_names
-    colors = PANNUKE_TYPE_COLOURS if type_colors is None else type_colors
-    nuclei = list(nuclei)
-    _check_unique_ids(nuclei)
+    """The features :func:`write_geojson` writes, as dicts (for callers that embed them in other JSON)."""
     features = []
-    for n in nuclei:
-        measurements: dict[str, float | int] = {"nucleus_id": n.id}
-        if n.contour is not None and len(n.contour) >= 3:
-            ring = _contour_list(n.contour)
-            if ring[0] != ring[-1]:
-                ring.append(list(ring[0]))  # GeoJSON rings are closed
-            geometry: dict[str, Any] = {"type": "Polygon", "coordinates": [ring]}
-            # The polygon's own centroid differs slightly from the pixel-mask centroid; keep the latter exactly.
-            measurements["centroid_x"], measurements["centroid_y"] = n.centroid
-        else:
-            geometry = {"type": "Point", "coordinates": [n.centroid[0], n.centroid[1]]}
-        for name in ("type_prob", "area", "score"):
-            value = getattr(n, name)
-            if value is not None:
-                measurements[name] = value
-        properties: dict[str, Any] = {"objectType": object_type}
-        class_name = _class_name(n, names)
-        if class_name is not None:
-            classification: dict[str, Any] = {"name": class_name}
-            if n.type is not None and n.type in colors:
-                classification["color"] = [int(c) for c in colors[n.type]]
-            properties["classification"] = classification
-        properties["measurements"] = measurements
-        feature: dict[str, Any] = {"type": "Feature", "id": geojson_feature_id(n.id, image_name), "geometry": geometry}
+    for feature_id, kind, coordinates, properties in _features(
+        nuclei, object_type, type_names, type_colors, image_name, image_size
+    ):
+        if kind == "Polygon":
+            coordinates = [coordinates.tolist()]
+        geometry = {"type": kind, "coordinates": coordinates}
+        feature: dict[str, Any] = {"type": "Feature", "id": feature_id, "geometry": geometry}
         if object_type == "cell":
             feature["nucleusGeometry"] = geometry  # no cell boundary is known: the nucleus is the whole cell
         feature["properties"] = properties
         features.append(feature)
     return features
+
+
+def _ring_text(ring: np.ndarray) -> str:
+    """A Polygon's coordinates as JSON text, as ``json.dumps`` writes them (str of an int or float is its
+    JSON form). Built as text because nested lists for tens of thousands of rings cost more than the rest."""
+    values = ring.ravel().tolist()
+    return "[[" + ",".join(map("[{},{}]".format, values[0::2], values[1::2])) + "]]"
+
+
+def _feature_texts(
+    nuclei: Iterable[Nucleus],
+    object_type: str,
+    type_names: Mapping[int, str] | None,
+    type_colors: Mapping[int, RGB] | None,
+    image_name: str | None,
+    image_size: tuple[int, int] | None,
+) -> Iterator[str]:
+    """Each feature as compact JSON text: the same bytes ``json.dumps`` gives for :func:`geojson_features`."""
+    for feature_id, kind, coordinates, properties in _features(
+        nuclei, object_type, type_names, type_colors, image_name, image_size
+    ):
+        coordinates_text = _ring_text(coordinates) if kind == "Polygon" else _dump_json(coordinates).rstrip("\n")
+        geometry = f'{{"type":"{kind}","coordinates":{coordinates_text}}}'
+        nucleus = f',"nucleusGeometry":{geometry}' if object_type == "cell" else ""
+        props = _dump_json(properties).rstrip("\n")
+        yield f'{{"type":"Feature","id":"{feature_id}","geometry":{geometry}{nucleus},"properties":{props}}}'
 
 
 def write_geojson(
@@ -108,18 +194,20 @@ def write_geojson(
     type_names: Mapping[int, str] | None = None,
     type_colors: Mapping[int, RGB] | None = None,
     image_name: str | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> Path:
-    """Write a QuPath-importable FeatureCollection, one Feature per nucleus.
+    """Write a FeatureCollection that QuPath 0.3 to 0.7 imports, one Feature per nucleus.
 
-    A contour of 3 or more points becomes a closed Polygon, anything else a Point at the centroid. Classes are
-    named through ``type_names`` (PanNuke names by default; an unnamed code is written as its number) and
-    coloured through ``type_colors``. Ids are uuid5 of the nucleus id and ``image_name``, so output is
-    reproducible. ``object_type`` is "detection" (default), "annotation" or "cell".
+    A nucleus with a contour becomes a valid closed Polygon (repaired, or its pixel bounding box when the
+    contour has no area: ``polygons.qupath_rings``); one without a contour (a point annotation) a Point.
+    Classes are named through ``type_names`` (PanNuke names by default; an unnamed code is written as its
+    number) and always coloured: ``type_colors``, else the colours of the named table, else the palette.
+    Measurements are a list of ``{name, value}``. Ids are uuid5 of the nucleus id and ``image_name``, so output
+    is reproducible. ``object_type`` is "detection" (default), "annotation" or "cell". With
+    ``image_size=(W, H)`` polygon points are clipped to the image, ``[0, W] x [0, H]``.
     """
-    features = geojson_features(
-        nuclei, object_type=object_type, type_names=type_names, type_colors=type_colors, image_name=image_name
-    )
-    return atomic_write_text(path, _dump_json({"type": "FeatureCollection", "features": features}))
+    features = ",".join(_feature_texts(nuclei, object_type, type_names, type_colors, image_name, image_size))
+    return atomic_write_text(path, f'{{"type":"FeatureCollection","features":[{features}]}}\n')
 
 
 def _object_type(properties: Mapping[str, Any]) -> str:
@@ -285,6 +373,7 @@ def _geojson_from_data(
                 area=m.get("area") if single else None,
                 score=m.get("score") if single else None,
                 type_name=unmapped,
+                measurements={k: v for k, v in m.items() if k not in RESERVED_MEASUREMENTS} if single else {},
             )
             records.append((nucleus, stored_id))
 
@@ -308,7 +397,9 @@ def read_geojson(
     """Read QuPath/CellViT GeoJSON: a FeatureCollection, a single Feature, or a bare list of Features.
 
     Point and Polygon features are one nucleus each; MultiPoint/MultiPolygon one nucleus per part. A polygon's
-    centroid is its area centroid unless histostain stored the exact one. Class names map back to codes through
+    centroid is its area centroid unless histostain stored the exact one. Measurements may be a list of
+    ``{name, value}`` or an object; those without a Nucleus field of their own go to ``Nucleus.measurements``.
+    Class names map back to codes through
     ``type_names`` (PanNuke by default); an unknown name gives ``type=None`` and keeps the name in ``type_name``.
     ``object_types`` (e.g. ``{"detection"}``) keeps only those QuPath objects, e.g. to skip a region annotation.
     """

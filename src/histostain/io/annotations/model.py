@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -22,6 +22,8 @@ FORMATS = ("txt", "hovernet", "geojson", "csv")
 EXTENSIONS: dict[str, str | None] = {".txt": "txt", ".json": None, ".geojson": "geojson", ".csv": "csv"}
 
 CSV_COLUMNS = ("id", "x", "y", "type", "type_prob", "area")
+# GeoJSON measurement names that hold a Nucleus field (or the exact centroid) rather than a free measurement.
+RESERVED_MEASUREMENTS = frozenset({"nucleus_id", "centroid_x", "centroid_y", "type_prob", "area", "score"})
 
 # QuPath v0.2 wrote Java class names instead of object types.
 _LEGACY_OBJECT_TYPES = {
@@ -41,6 +43,8 @@ class Nucleus:
     ``centroid`` is ``(x, y)``; ``contour`` a ``K x 2`` array of ``(x, y)`` points (an open ring: the first point
     is not repeated); ``bbox`` is ``(x0, y0, x1, y1)`` with ``x1``/``y1`` exclusive. ``type_name`` is only set by
     the GeoJSON reader when a class name could not be mapped to a code, so the name is not lost.
+    ``measurements`` holds further named numbers (``area_um2``, ``dab_od``, ...): the GeoJSON writer writes them
+    as QuPath measurements and the reader returns every measurement that has no field of its own here.
     """
 
     id: int
@@ -52,6 +56,7 @@ class Nucleus:
     area: float | None = None
     score: float | None = None
     type_name: str | None = None
+    measurements: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Normalise numpy scalars and lists once here, so every writer can rely on plain Python numbers.
@@ -74,6 +79,11 @@ class Nucleus:
                 raise ValueError(f"bbox must be (x0, y0, x1, y1), got {self.bbox!r}")
             x0, y0, x1, y1 = (int(v) for v in self.bbox)
             self.bbox = (x0, y0, x1, y1)
+        # Integers stay integers (a positivity score reads better as 2 than 2.0); everything else is a float.
+        self.measurements = {
+            str(name): int(value) if isinstance(value, int | np.integer) else float(value)
+            for name, value in self.measurements.items()
+        }
 
     def __eq__(self, other: object) -> bool:
         """Exact equality; contours compare by value (the generated one would fail on arrays)."""

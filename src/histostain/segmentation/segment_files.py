@@ -1,0 +1,180 @@
+"""The ``segment`` command's service: images in, nuclei out in every exchange format, on the batch engine.
+
+Per input ``<key>`` the outputs (``--formats``, default all) are written by ``segmentation.outputs`` beside
+one ``<key>.summary.jsonl``: that image's row of ``summary.csv``. The row is an output like the others, so an
+image counts as done only when its row exists, and ``summary.csv`` is rebuilt from every row in the folder at
+the end of each run: a resumed or sharded run still ends with the summary of every image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histostain.errors import InputError
+from histostain.io.atomic import atomic_write_text
+from histostain.io.batch import BatchItem, BatchReport, ImageStep, outputs_with, plan_batch, run_batch
+from histostain.io.sharding import shard_device
+from histostain.provenance import Provenance, plain
+from histostain.runtime.device import DeviceManager
+from histostain.segmentation.chunks import DEFAULT_CHUNK, check_chunk
+from histostain.segmentation.nuclei import Nuclei
+from histostain.segmentation.segment import Segmenter, build_segmenter, segment_at_scale
+
+log = logging.getLogger(__name__)
+
+COMMAND = "segment"
+ROW_SUFFIX = ".summary.jsonl"  # not an annotation suffix, so `evaluate celldet` on the folder ignores it
+SUMMARY_NAME = "summary.csv"
+
+
+@dataclass
+class SegmentReport:
+    """What a ``segment`` run did (the CLI's summary table and ``--json``)."""
+
+    inputs: int = 0
+    segmented: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    nuclei: int = 0
+    seconds: float = 0.0
+    model: str = ""
+    out_dir: str = ""
+    record: str = ""
+    summary: str = ""
+    shard: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.segmented / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failed"] = [{"path": path, "error": error} for path, error in self.failed]
+        data["images_per_second"] = self.images_per_second
+        return data
+
+
+class SegmentStep(ImageStep[np.ndarray, tuple[Nuclei, np.ndarray]]):
+    """One image: segment at the model's scale, then write every format and the summary row."""
+
+    def __init__(self, segmenter: Segmenter, formats: Sequence[str], input_mpp: float | None) -> None:
+        self.segmenter = segmenter
+        self.formats = tuple(formats)
+        self.input_mpp = input_mpp
+        self.nuclei = 0
+
+    def settings(self) -> dict[str, Any]:
+        return {**self.segmenter.settings(), "formats": list(self.formats), "mpp": self.input_mpp}
+
+    def describe(self) -> dict[str, Any]:
+        return self.segmenter.describe()
+
+    def run(self, item: BatchItem, image: np.ndarray) -> tuple[Nuclei, np.ndarray]:
+        nuclei = segment_at_scale(self.segmenter, image, self.input_mpp)
+        self.nuclei += len(nuclei)
+        return nuclei, image
+
+    def write(self, item: BatchItem, result: tuple[Nuclei, np.ndarray]) -> None:
+        from histostain.segmentation.outputs import summary_row, write_outputs
+
+        nuclei, image = result
+        *targets, row_path = item.targets
+        write_outputs(nuclei, targets, image=image, image_name=item.source.name, formats=self.formats)
+        row = summary_row(str(item.key), nuclei)
+        atomic_write_text(row_path, json.dumps(plain(row)) + "\n")
+
+
+def collect_summary(out_dir: Path, keys: Sequence[Any]) -> list[dict[str, Any]]:
+    """The summary rows of ``keys`` found in ``out_dir`` (images whose row is missing are left out)."""
+    rows = []
+    for key in sorted(str(key) for key in keys):
+        path = out_dir / f"{key}{ROW_SUFFIX}"
+        if path.is_file():
+            try:
+                rows.append(json.loads(path.read_text(encoding="utf-8")))
+            except ValueError as exc:
+                raise InputError(f"{path} is damaged ({exc})", hint="delete it and run the command again") from exc
+    return rows
+
+
+def segment_paths(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    model: str = "classical",
+    weights: str | os.PathLike[str] | None = None,
+    device: DeviceManager | None = None,
+    stain: str = "auto",
+    mpp: float | None = None,
+    formats: Sequence[str] | None = None,
+    positivity: tuple[float, float, float] | None = None,
+    batch_size: int = 8,
+    chunk: int = DEFAULT_CHUNK,
+    recursive: bool = False,
+    overwrite: bool = False,
+    num_parts: int | None = None,
+    part_id: int | None = None,
+    provenance: Provenance | None = None,
+) -> SegmentReport:
+    """The ``segment`` command: check inputs and options, build the segmenter, run the batch engine, summarise."""
+    from histostain.segmentation.outputs import FORMATS, output_suffixes, write_summary_csv
+
+    chosen = tuple(formats) if formats else FORMATS
+    unknown = [name for name in chosen if name not in FORMATS]
+    if unknown:
+        raise InputError(f"--formats {','.join(unknown)}: unknown format", hint=f"use some of {','.join(FORMATS)}")
+    if mpp is not None and not mpp > 0:
+        raise InputError(f"--mpp {mpp}: must be a positive number of micrometres per pixel")
+    check_chunk(chunk)
+    outputs = outputs_with(*output_suffixes(chosen), ROW_SUFFIX)
+    plan = plan_batch(
+        inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
+    )
+    manager = shard_device(device if device is not None else DeviceManager.create(), plan.shard)
+    segmenter = build_segmenter(
+        model, weights=weights, device=manager, stain=stain, mpp=mpp, batch_size=batch_size, chunk=chunk,
+        positivity=positivity,
+    )  # fmt: skip
+    step = SegmentStep(segmenter, chosen, mpp)
+    batch: BatchReport = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
+    rows = collect_summary(plan.out_dir, [item.key for item in plan.items])
+    shard = plan.shard
+    name = SUMMARY_NAME if shard.num_parts == 1 else f"summary.part-{shard.part_id}-of-{shard.num_parts}.csv"
+    summary_path = plan.out_dir / name
+    write_summary_csv(rows, summary_path)
+    return SegmentReport(
+        inputs=batch.inputs,
+        segmented=batch.done,
+        skipped=batch.skipped,
+        failed=list(batch.failed),
+        nuclei=step.nuclei,
+        seconds=batch.seconds,
+        model=segmenter.kind,
+        out_dir=batch.out_dir,
+        record=batch.record,
+        summary=str(summary_path),
+        shard=batch.shard.to_dict(),
+        totals=_totals(rows),
+    )
+
+
+def _totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Nuclei over every image of the folder, and the mean positive % / H-score where IHC was scored."""
+    totals: dict[str, Any] = {"images": len(rows), "nuclei": int(sum(int(row.get("nuclei", 0)) for row in rows))}
+    for key in ("positive_percent", "h_score"):
+        values = [float(row[key]) for row in rows if row.get(key) is not None]
+        if values:
+            totals[f"mean_{key}"] = float(np.mean(values))
+    return totals
+
+
+__all__ = ["COMMAND", "ROW_SUFFIX", "SegmentReport", "SegmentStep", "collect_summary", "segment_paths"]
