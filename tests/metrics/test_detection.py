@@ -308,6 +308,24 @@ def test_pairing_by_stem_across_formats_and_unmatched_stems(tmp_path: Path) -> N
     json.dumps(result.to_json())  # serialisable (NaN -> null)
 
 
+def test_a_segment_output_folder_reads_one_format_warns_once_and_skips_its_records(tmp_path: Path) -> None:
+    gt, pred = tmp_path / "gt", tmp_path / "seg"
+    for stem in ("a", "b", "c"):
+        _write_txt(gt / f"{stem}.txt", [(10, 10), (30, 30)])
+        _write(pred / f"{stem}.json", [(10, 10), (30, 30)])  # what segment writes: the same nuclei three times
+        _write(pred / f"{stem}.geojson", [(10, 10)])
+        _write_txt(pred / f"{stem}.txt", [(50, 50)])
+    (pred / "segment.json").write_text("{}")  # the run record and the summary are not annotations
+    (pred / "summary.csv").write_text("image,nuclei\na,2\n")
+    result = evaluate_celldet(gt, pred)
+    assert (result.summary["tp"], result.summary["fp"], result.summary["fn"]) == (6, 0, 0)  # the .json won
+    assert [w for w in result.warnings if "formats" in w] == [
+        f"{pred}: 3 image(s) have their annotations in 3 formats (e.g. a.json, a.geojson, a.txt); "
+        "reading the .json file of each"
+    ]
+    assert not any("without ground truth" in w for w in result.warnings)
+
+
 def test_no_matching_stem_is_an_input_error(tmp_path: Path) -> None:
     _write_txt(tmp_path / "gt" / "a.txt", [(1, 1)])
     _write_txt(tmp_path / "pred" / "b.txt", [(1, 1)])

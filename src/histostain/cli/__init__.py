@@ -53,6 +53,11 @@ class RootGroup(LazyGroup):
             "Translate IHC <-> H&E with a CycleGAN generator; output size = input size, names keep the input stem.",
         ),
         LazyCommand(
+            "segment",
+            "histostain.cli.segment:segment",
+            "Find and classify nuclei (HoVer-Net or the weight-free classical model; IHC positivity and H-score).",
+        ),
+        LazyCommand(
             "evaluate",
             "histostain.cli.evaluate:evaluate_app",
             "Compute the metrics papers report (FID/KID, cell detection F1, Dice/AJI/PQ, PSNR/SSIM).",

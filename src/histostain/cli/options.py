@@ -29,9 +29,12 @@ def out_folder(help: str) -> typer.models.OptionInfo:
     return typer.Option("--out", "-o", metavar="DIR", help=help)
 
 
-def weights_file(help: str, required: bool = True) -> typer.models.OptionInfo:
-    """``--weights/-w FILE``: every command that loads a model takes its weights file the same way."""
-    return typer.Option("--weights", "-w", metavar="FILE", help=help)
+def weights_file(help: str, show_default: bool | str = True) -> typer.models.OptionInfo:
+    """``--weights/-w FILE``: every command that loads a model takes its weights file the same way.
+
+    ``show_default``: what the help says happens without the option, when that is not "required".
+    """
+    return typer.Option("--weights", "-w", metavar="FILE", help=help, show_default=show_default)
 
 
 # ------------------------------------------------------------------------------- batch commands (io.batch)

@@ -8,6 +8,7 @@ file into :class:`~histostain.metrics.detection.ImagePoints`. Problems with the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,21 +35,38 @@ class AnnotationSide:
     split: SplitChoice | None = None  # prepared data: the split(s) read
 
 
+# Files histostain writes beside annotations that are not annotations: run records and segment summaries.
+RUN_FILES = re.compile(r"(segment|pipeline|translate)(\.part-\d+-of-\d+)?\.json|summary(\.part-\d+-of-\d+)?\.csv")
+
+
 def _annotation_files(folder: Path, warnings: list[str]) -> dict[str, Path]:
-    """Annotation files directly in ``folder`` by stem; a stem present twice keeps the preferred extension."""
-    found: dict[str, Path] = {}
+    """Annotation files directly in ``folder`` by stem; a stem present twice keeps the preferred extension.
+
+    A ``segment`` output folder holds each image's nuclei as .json, .geojson and .txt (the same nuclei): one
+    warning says which one is read, not one per image. Run records and summaries are not annotations.
+    """
+    by_stem: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         suffix = path.suffix.lower()
         if path.name.startswith(".") or suffix not in ANNOTATION_SUFFIXES or not path.is_file():
             continue
-        other = found.get(path.stem)
-        if other is not None:
-            keep, drop = sorted([other, path], key=lambda p: ANNOTATION_SUFFIXES.index(p.suffix.lower()))
-            warnings.append(f"{folder}: both {keep.name} and {drop.name} exist; using {keep.name}")
-            found[path.stem] = keep
-        else:
-            found[path.stem] = path
-    return dict(sorted(found.items()))
+        if RUN_FILES.fullmatch(path.name):
+            continue
+        by_stem.setdefault(path.stem, []).append(path)
+    found: dict[str, Path] = {}
+    repeated: dict[tuple[str, ...], list[str]] = {}
+    for stem, paths in sorted(by_stem.items()):
+        paths.sort(key=lambda p: ANNOTATION_SUFFIXES.index(p.suffix.lower()))
+        found[stem] = paths[0]
+        if len(paths) > 1:
+            repeated.setdefault(tuple(p.suffix.lower() for p in paths), []).append(stem)
+    for suffixes, stems in repeated.items():
+        example = ", ".join(f"{stems[0]}{suffix}" for suffix in suffixes)
+        warnings.append(
+            f"{folder}: {len(stems)} image(s) have their annotations in {len(suffixes)} formats (e.g. {example}); "
+            f"reading the {suffixes[0]} file of each"
+        )
+    return found
 
 
 def resolve_side(path: Path, role: str, split: str | None, warnings: list[str]) -> AnnotationSide:

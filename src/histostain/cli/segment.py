@@ -1,0 +1,141 @@
+"""`histostain segment`: find nuclei in images, folders or globs, and write them in every exchange format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histostain.cli.common import print_json, print_summary, provenance, state
+from histostain.cli.options import (
+    BatchSizeOpt,
+    InputsArg,
+    JsonOpt,
+    NumPartsOpt,
+    OutOpt,
+    OverwriteOpt,
+    PartIdOpt,
+    RecursiveOpt,
+    weights_file,
+)
+
+EXAMPLE = "Example: histostain segment tiles/ -o nuclei/ --stain ihc --mpp 0.5   (no weights: the classical model)"
+FORMAT_NAMES = "json,geojson,tif,png,txt"
+
+
+def _thresholds(text: str) -> tuple[float, float, float]:
+    """``--positivity T1,T2,T3`` as three checked DAB OD thresholds (errors name the option)."""
+    from histostain.errors import ConfigError
+    from histostain.segmentation.positivity import check_thresholds
+
+    try:
+        return check_thresholds([float(v) for v in text.split(",")])
+    except (ValueError, ConfigError):
+        raise ConfigError(
+            f"--positivity {text}: expected three increasing, non-negative DAB OD thresholds for 1+, 2+, 3+",
+            hint="e.g. --positivity 0.2,0.4,0.6 (the defaults)",
+        ) from None
+
+
+def segment(
+    ctx: typer.Context,
+    inputs: InputsArg,
+    out: OutOpt,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="MODEL",
+            help="classical (weight-free) | hovernet (needs --weights).",
+            show_default="hovernet with --weights, else classical",
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        weights_file(
+            "HoVer-Net weights: official .tar, TIAToolbox .pth or a histostain checkpoint.",
+            show_default="none: the classical model",
+        ),
+    ] = None,
+    stain: Annotated[
+        str, typer.Option("--stain", metavar="STAIN", help="he | ihc | auto (classical model; ihc scores DAB).")
+    ] = "auto",
+    mpp: Annotated[
+        float | None,
+        typer.Option(
+            "--mpp",
+            help="Micrometres per pixel of the inputs; inputs at another scale than the model's are resampled.",
+            show_default="the model's scale (HoVer-Net 0.25; classical 0.5)",
+        ),
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--formats", metavar="LIST", help=f"Comma-separated outputs: {FORMAT_NAMES}.")
+    ] = FORMAT_NAMES,
+    positivity: Annotated[
+        str,
+        typer.Option("--positivity", metavar="T1,T2,T3", help="IHC: mean DAB OD thresholds of 1+, 2+ and 3+ nuclei."),
+    ] = "0.2,0.4,0.6",
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="Larger images are segmented in chunks of this side (bounds memory).")
+    ] = 2048,
+    batch_size: BatchSizeOpt = 8,
+    recursive: RecursiveOpt = False,
+    overwrite: OverwriteOpt = False,
+    num_parts: NumPartsOpt = None,
+    part_id: PartIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find and classify nuclei (HoVer-Net or the weight-free classical model; IHC positivity and H-score)."""
+    state(ctx).settings()
+    from histostain.errors import InputError
+    from histostain.segmentation.segment_files import segment_paths
+
+    chosen_model = model or ("hovernet" if weights is not None else "classical")
+    report = segment_paths(
+        inputs,
+        out,
+        model=chosen_model,
+        weights=weights,
+        device=state(ctx).device_manager() if chosen_model == "hovernet" else None,
+        stain=stain.lower(),
+        mpp=mpp,
+        formats=[name.strip().lower() for name in formats.split(",") if name.strip()],
+        positivity=_thresholds(positivity),
+        batch_size=batch_size,
+        chunk=chunk_size,
+        recursive=recursive,
+        overwrite=overwrite,
+        num_parts=num_parts,
+        part_id=part_id,
+        provenance=provenance(ctx),
+    )
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        model_row = report.model if report.model == "hovernet" else "classical (weight-free: no weights given)"
+        rows = [
+            ("model", model_row),
+            ("inputs", str(report.inputs)),
+            ("segmented", str(report.segmented)),
+            ("skipped (already done)", str(report.skipped)),
+            ("failed", str(len(report.failed))),
+            ("nuclei (this run)", str(report.nuclei)),
+            ("nuclei (all images)", str(report.totals.get("nuclei", 0))),
+        ]
+        for key, label in (("mean_positive_percent", "mean positive %"), ("mean_h_score", "mean H-score")):
+            if key in report.totals:
+                rows.append((label, f"{report.totals[key]:.1f}"))
+        rows += [
+            ("seconds", f"{report.seconds:.2f}"),
+            ("images/s", f"{report.images_per_second:.2f}"),
+            ("summary", report.summary),
+            ("record", report.record),
+        ]
+        print_summary(f"histostain segment -> {out}", rows)
+    if report.failed:
+        _, first_error = report.failed[0]
+        raise InputError(
+            f"{len(report.failed)} of {report.inputs} input(s) could not be segmented, e.g. {first_error}",
+            hint=f"fix or remove them and re-run: finished outputs are kept and skipped (see {report.record})",
+        )
