@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,15 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-
-def _peak_mb() -> float:
-    """Peak resident memory of this process (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from _peak_memory import peak_mb  # benchmarks/_peak_memory.py (run as a script)
 
 
 def synthetic_pair(rng: np.random.Generator, size: int, n_nuclei: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -124,7 +115,7 @@ def bench_pannuke(rng: np.random.Generator, n: int, disk: bool, dtype: str) -> N
         seconds = time.perf_counter() - start
         print(
             f"PanNuke protocol, {n} images 256x256 in memory: {seconds:.1f} s ({n / seconds:.0f} images/s), "
-            f"mPQ {scores.mpq:.4f} bPQ {scores.bpq:.4f}, peak RSS {_peak_mb():.0f} MB"
+            f"mPQ {scores.mpq:.4f} bPQ {scores.bpq:.4f}, peak RSS {peak_mb():.0f} MB"
         )
         return
     folder = Path(tempfile.mkdtemp(prefix="bench_instance_"))
@@ -156,11 +147,11 @@ def child(folder: Path) -> None:
     """Run the full service on the files written by the parent; print seconds and memory as JSON."""
     from histostain.metrics.evaluate_instance import evaluate_instance  # with it, the import baseline
 
-    import_mb = _peak_mb()
+    import_mb = peak_mb()
     start = time.perf_counter()
     result = evaluate_instance(folder / "true", folder / "pred", protocol="pannuke")
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "mPQ": result.summary["mPQ"], "peak_mb": _peak_mb(), "import_mb": import_mb}))
+    print(json.dumps({"seconds": seconds, "mPQ": result.summary["mPQ"], "peak_mb": peak_mb(), "import_mb": import_mb}))
 
 
 def main() -> None:

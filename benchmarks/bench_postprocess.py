@@ -32,11 +32,9 @@ scikit-image outputs) on the single-map workloads, and the process's peak RSS at
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -45,22 +43,13 @@ from scipy import ndimage
 from skimage.measure import find_contours
 from skimage.segmentation import watershed
 
+from _peak_memory import peak_mb  # benchmarks/_peak_memory.py (run as a script)
 from histostain.segmentation.postprocess import hovernet_instance_map, instances_from_hovernet_maps
 from histostain.segmentation.targets import make_targets
 
 Maps = tuple[np.ndarray, np.ndarray, np.ndarray]
 Result = tuple[np.ndarray, list[dict]]  # (instance map with the variant's ids, one row per kept nucleus)
 N_TYPES = 6
-
-
-def _peak_mb() -> float:
-    """Peak resident memory of this process (VmHWM, else ru_maxrss)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ------------------------------------------------------------------------------------------------- the maps
@@ -362,7 +351,7 @@ def main() -> None:
         run_workload(f"one {args.mid} x {args.mid} map", mid, args, loop_repeat=min(args.repeat, 2))
     big = [network_like_maps(rng, args.big, args.nuclei)]
     run_workload(f"one {args.big} x {args.big} map", big, args, loop_repeat=0 if args.no_big_loop else 1)
-    print(f"\npeak RSS of this process: {_peak_mb():.0f} MB")
+    print(f"\npeak RSS of this process: {peak_mb():.0f} MB")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="cache root for weights and samples")
     num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
     quiet: bool = Field(False, description="no progress bars and no info messages")
+    registry: Path | None = Field(None, description="TOML file of your own model entries (docs/weights.md)")
+    offline: bool = Field(False, description="never use the network; named models must be in the cache")
 
     @field_validator("device")
     @classmethod

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
 import pytest
 import torch
 
+from histostain.errors import ConfigError
 from histostain.io.tiling import extract_region
 from histostain.runtime.device import DeviceManager
 from histostain.segmentation.chunks import plan_chunks
 from histostain.segmentation.hovernet import HoVerNet
-from histostain.segmentation.inference import HoVerNetPredictor
+from histostain.segmentation.inference import (
+    AUTO_COMPILE_MIN_PARAMETERS,
+    AUTO_COMPILE_MIN_PATCHES,
+    HoVerNetPredictor,
+    should_compile,
+)
 
 CPU = DeviceManager.create("cpu", "fp32")
 
@@ -64,3 +73,145 @@ def test_chunks_tile_the_image_and_their_margins_stay_inside() -> None:
         assert part.ey0 == max(0, part.y0 - 128) and part.ex1 == min(3000, part.x1 + 128)
     assert (covered == 1).all()  # every pixel in exactly one core
     assert len(chunks) == 3 * 2
+
+
+# ------------------------------------------------------------------------------------------ the compiled path
+
+
+class FakeCompiled:
+    """What ``torch.compile`` returns, without compiling: records the batch of every call."""
+
+    def __init__(self, model: torch.nn.Module, fail: bool = False) -> None:
+        self.model, self.fail, self.batches = model, fail, []
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.fail:
+            raise RuntimeError("C++ compile failed: no compiler\nmore lines")
+        self.batches.append(len(batch))
+        return self.model(batch)
+
+
+@pytest.fixture
+def fake_compile(monkeypatch: pytest.MonkeyPatch) -> list[FakeCompiled]:
+    made: list[FakeCompiled] = []
+
+    def compile(model: torch.nn.Module, **options: object) -> FakeCompiled:
+        assert options == {"dynamic": False, "options": {"freezing": True}}
+        made.append(FakeCompiled(model))
+        return made[-1]
+
+    monkeypatch.setattr(torch, "compile", compile)
+    return made
+
+
+def _image(seed: int = 0, shape: tuple[int, int] = (200, 300)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*shape, 3), dtype=np.uint8)
+
+
+def _assert_same_maps(a, b) -> None:
+    np.testing.assert_allclose(a.np_prob, b.np_prob, atol=1e-5)
+    np.testing.assert_allclose(a.hv, b.hv, atol=1e-5 * np.abs(b.hv).max())
+    np.testing.assert_allclose(a.tp_prob, b.tp_prob, atol=1e-5)
+
+
+def test_auto_compiles_only_a_full_size_network_on_cpu_or_cuda_for_a_long_enough_run() -> None:
+    big = AUTO_COMPILE_MIN_PARAMETERS
+    assert should_compile("auto", "cpu", big, AUTO_COMPILE_MIN_PATCHES)
+    assert should_compile("auto", "cuda", big, 1000)
+    assert not should_compile("auto", "cpu", big, AUTO_COMPILE_MIN_PATCHES - 1)
+    assert not should_compile("auto", "cpu", big, None)
+    assert not should_compile("auto", "mps", big, 1000)
+    assert not should_compile("auto", "cpu", big - 1, 1000)  # the scaled-down test networks
+    assert should_compile("on", "mps", 1, 1) and not should_compile("off", "cuda", big, 1000)
+    with pytest.raises(ConfigError, match="--compile fast"):
+        should_compile("fast", "cpu", big, 1)
+
+
+def test_the_tiny_test_network_stays_eager_however_long_the_run(fake_compile: list[FakeCompiled]) -> None:
+    predictor = HoVerNetPredictor(tiny_hovernet(), CPU)
+    predictor.expect(10_000)
+    predictor.maps(_image())
+    assert predictor.compile_state == "eager" and not fake_compile
+    assert predictor.parameters < AUTO_COMPILE_MIN_PARAMETERS
+
+
+def test_compiled_path_runs_one_patch_per_call_on_cpu_with_the_same_maps(fake_compile: list[FakeCompiled]) -> None:
+    net = tiny_hovernet()
+    image = _image(shape=(400, 450))
+    eager = HoVerNetPredictor(net, CPU, batch_size=3, compile="off").maps(image)
+    predictor = HoVerNetPredictor(net, CPU, batch_size=3, compile="on")
+    compiled = predictor.maps(image)
+    assert predictor.compile_state == "compiled" and len(fake_compile) == 1
+    patches = predictor.patches_for(400, 450)
+    assert patches > 3 and fake_compile[0].batches == [1] * patches  # batch_size 3, yet one patch per call
+    _assert_same_maps(compiled, eager)
+    threads = torch.get_num_threads()
+    assert predictor.describe()["forward_batch"] == 1
+    assert predictor.describe()["streams"] == (threads if threads > 1 else 1)  # one 1-thread stream per thread
+    assert torch.get_num_threads() == threads  # the caller's own thread count is left alone
+    predictor.close()
+    assert predictor.streams == 1
+
+
+def test_auto_compiles_when_the_announced_run_is_long_enough(fake_compile: list[FakeCompiled]) -> None:
+    predictor = HoVerNetPredictor(tiny_hovernet(), CPU)
+    predictor.parameters = AUTO_COMPILE_MIN_PARAMETERS  # pretend full size
+    predictor.expect(AUTO_COMPILE_MIN_PATCHES)
+    predictor.maps(_image())
+    assert predictor.compile_state == "compiled"
+
+    short = HoVerNetPredictor(tiny_hovernet(), CPU)
+    short.parameters = AUTO_COMPILE_MIN_PARAMETERS
+    short.expect(AUTO_COMPILE_MIN_PATCHES - 1)
+    short.maps(_image())
+    assert short.compile_state == "eager"
+
+
+def test_auto_without_an_announcement_compiles_once_the_run_proves_long(fake_compile: list[FakeCompiled]) -> None:
+    predictor = HoVerNetPredictor(tiny_hovernet(), CPU)
+    predictor.parameters = AUTO_COMPILE_MIN_PARAMETERS
+    per_image = predictor.patches_for(200, 300)
+    images = -(-AUTO_COMPILE_MIN_PATCHES // per_image)
+    for _ in range(images - 1):
+        predictor.maps(_image())
+        assert predictor.compile_state == "eager"
+    predictor.maps(_image())
+    assert predictor.compile_state == "compiled" and fake_compile[0].batches == [1] * per_image
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = tiny_hovernet()
+    eager = HoVerNetPredictor(net, CPU, compile="off").maps(_image())
+    monkeypatch.setattr(torch, "compile", lambda model, **options: FakeCompiled(model, fail=True))
+    predictor = HoVerNetPredictor(net, CPU, compile="on")
+    with caplog.at_level(logging.WARNING):
+        maps = predictor.maps(_image())
+        again = predictor.maps(_image())
+    _assert_same_maps(maps, eager)
+    _assert_same_maps(again, eager)
+    assert predictor.compile_state == "failed" and predictor.compiled is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "torch.compile failed (RuntimeError: C++ compile failed" in warnings[0]
+
+    def refuse(model: torch.nn.Module, **options: object) -> None:
+        raise RuntimeError("dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    refused = HoVerNetPredictor(net, CPU, compile="on")
+    _assert_same_maps(refused.maps(_image()), eager)
+    assert refused.compile_state == "failed"
+
+
+@pytest.mark.skipif(
+    os.environ.get("HISTOSTAIN_TEST_COMPILE") != "1",
+    reason="compiling even the tiny network takes minutes on a 2-core machine: set HISTOSTAIN_TEST_COMPILE=1",
+)
+def test_the_really_compiled_network_gives_the_eager_maps() -> None:
+    net = tiny_hovernet()
+    eager = HoVerNetPredictor(net, CPU, batch_size=3, compile="off").maps(_image())
+    predictor = HoVerNetPredictor(net, CPU, batch_size=3, compile="on")
+    compiled = predictor.maps(_image())
+    assert predictor.compile_state == "compiled" and predictor.compile_seconds > 0
+    _assert_same_maps(compiled, eager)

@@ -62,6 +62,11 @@ class RootGroup(LazyGroup):
             "histostain.cli.evaluate:evaluate_app",
             "Compute the metrics papers report (FID/KID, cell detection F1, Dice/AJI/PQ, PSNR/SSIM).",
         ),
+        LazyCommand(
+            "weights",
+            "histostain.cli.weights:weights_app",
+            "List, download, import and verify named models (model cards, checksummed weights cache).",
+        ),
     )
 
 
@@ -167,7 +172,11 @@ def _doctor_rows(report: dict) -> list[tuple[str, str]]:
         kind = "the published file" if fid["published"] else "[yellow]NOT the published file[/yellow]"
         fid_row = ("FID-Inception weights", f"{fid['path']} ({kind})")
     else:
-        fid_row = ("FID-Inception weights", f"missing: {fid['path']} (only `evaluate fid|kid` and --val-fid need it)")
+        fid_row = (
+            "FID-Inception weights",
+            f"missing: {fid['path']} (only `evaluate fid|kid` and --val-fid need it: "
+            "`histostain weights download fid-inception`)",
+        )
     rows = [
         ("Python", report["python"]),
         ("Platform", report["platform"]),

@@ -46,11 +46,13 @@ class AppState:
             configure_output(quiet=self._resolved.settings.quiet, debug=self.debug)
         return self._resolved
 
-    def device_manager(self) -> DeviceManager:
+    def device_manager(self, *, exact_cpu: bool = False) -> DeviceManager:
+        """The device of this invocation; ``exact_cpu``: ``auto`` precision stays fp32 on a CPU (commands whose
+        answers bf16 could change, see runtime.device.plan_device)."""
         from histostain.runtime.device import DeviceManager
 
         settings = self.settings().settings
-        manager = DeviceManager.create(settings.device, settings.precision, settings.num_threads)
+        manager = DeviceManager.create(settings.device, settings.precision, settings.num_threads, exact_cpu=exact_cpu)
         logging.getLogger("histostain").info("device: %s", manager.describe())
         return manager
 

@@ -123,14 +123,23 @@ def parse_class_map(text: str | None, option: str = "--class-map") -> dict[int, 
 
 
 def _feature_options(
-    ctx: typer.Context, weights: Path | None, batch_size: int, num_workers: int | None
+    ctx: typer.Context, weights: str | None, batch_size: int, num_workers: int | None
 ) -> dict[str, Any]:
-    """What FID and KID both pass to their service: device, weights (or the settings' folder), loader, record."""
+    """What FID and KID both pass to their service: device, weights (or the settings' folder), loader, record.
+
+    ``--weights`` may be a file or a registry name (:func:`histostain.weights.resolve.resolve_weights`); without
+    it the service looks for ``fid-inception`` in the weights cache (and the older flat layout)."""
     app_state = state(ctx)
+    settings = app_state.settings().settings
+    path = None
+    if weights is not None:
+        from histostain.weights.resolve import resolve_weights
+
+        path = resolve_weights(weights, task="fid", settings=settings).path
     return {
         "device": app_state.device_manager(),
-        "weights": weights,
-        "weights_dir": app_state.settings().settings.weights_dir,
+        "weights": path,
+        "weights_dir": settings.weights_dir,
         "batch_size": batch_size,
         "num_workers": num_workers,
         "provenance": provenance(ctx),

@@ -29,12 +29,14 @@ def out_folder(help: str) -> typer.models.OptionInfo:
     return typer.Option("--out", "-o", metavar="DIR", help=help)
 
 
-def weights_file(help: str, show_default: bool | str = True) -> typer.models.OptionInfo:
+def weights_file(help: str, show_default: bool | str = True, metavar: str = "FILE") -> typer.models.OptionInfo:
     """``--weights/-w FILE``: every command that loads a model takes its weights file the same way.
 
-    ``show_default``: what the help says happens without the option, when that is not "required".
+    ``show_default``: what the help says happens without the option, when that is not "required";
+    ``metavar``: ``FILE|RUN|NAME`` where a training run folder or a registry name works too
+    (:func:`histostain.weights.resolve.resolve_weights`).
     """
-    return typer.Option("--weights", "-w", metavar="FILE", help=help, show_default=show_default)
+    return typer.Option("--weights", "-w", metavar=metavar, help=help, show_default=show_default)
 
 
 # ------------------------------------------------------------------------------- batch commands (io.batch)
@@ -91,13 +93,13 @@ EvalJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the metrics (the whole result) as JSON on stdout.", show_default="off")
 ]
 FidWeightsOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--weights",
         "-w",
-        metavar="FILE",
-        help=f"The FID-Inception weights of pytorch-fid's release, {FID_WEIGHTS_FILENAME}.",
-        show_default="the file of that name in HISTOSTAIN_HOME/weights",
+        metavar="FILE|NAME",
+        help=f"The FID-Inception weights of pytorch-fid's release, {FID_WEIGHTS_FILENAME}, or a model name.",
+        show_default="fid-inception in the weights cache",
     ),
 ]
 FidBatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,9 +51,11 @@ def segment(
         ),
     ] = None,
     weights: Annotated[
-        Path | None,
+        str | None,
         weights_file(
-            "HoVer-Net weights: official .tar, TIAToolbox .pth or a histostain checkpoint.",
+            "HoVer-Net weights: a file (official .tar, TIAToolbox .pth, histostain checkpoint), a `train hovernet`"
+            " run folder or a registry name (`histostain weights list`).",
+            metavar="FILE|RUN|NAME",
             show_default="none: the classical model",
         ),
     ] = None,
@@ -72,6 +73,14 @@ def segment(
     formats: Annotated[
         str, typer.Option("--formats", metavar="LIST", help=f"Comma-separated outputs: {FORMAT_NAMES}.")
     ] = FORMAT_NAMES,
+    dab: Annotated[
+        str,
+        typer.Option(
+            "--dab",
+            metavar="WHERE",
+            help="IHC, classical model: nuclear (ER, PR, Ki-67: brown nuclei) | membrane (HER2: brown rims).",
+        ),
+    ] = "nuclear",
     positivity: Annotated[
         str,
         typer.Option("--positivity", metavar="T1,T2,T3", help="IHC: mean DAB OD thresholds of 1+, 2+ and 3+ nuclei."),
@@ -80,6 +89,22 @@ def segment(
         int, typer.Option("--chunk-size", help="Larger images are segmented in chunks of this side (bounds memory).")
     ] = 2048,
     batch_size: BatchSizeOpt = 8,
+    compile_mode: Annotated[
+        str,
+        typer.Option(
+            "--compile",
+            metavar="MODE",
+            help="HoVer-Net speed: auto (compile a full-size network for runs of 48+ patches) | on | off.",
+        ),
+    ] = "auto",
+    postprocess_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--postprocess-workers",
+            help="HoVer-Net: processes post-processing one image while the network runs the next.",
+            show_default="0 on CPU, 2 on a GPU",
+        ),
+    ] = None,
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
     num_parts: NumPartsOpt = None,
@@ -97,13 +122,18 @@ def segment(
         out,
         model=chosen_model,
         weights=weights,
-        device=state(ctx).device_manager() if chosen_model == "hovernet" else None,
+        # fp32 under `--precision auto` on a CPU: bf16 moved instance maps beyond PQ 0.99 (docs/segment-precision.md)
+        device=state(ctx).device_manager(exact_cpu=True) if chosen_model == "hovernet" else None,
         stain=stain.lower(),
         mpp=mpp,
         formats=[name.strip().lower() for name in formats.split(",") if name.strip()],
         positivity=_thresholds(positivity),
         batch_size=batch_size,
         chunk=chunk_size,
+        compile=compile_mode.strip().lower(),
+        postprocess_workers=postprocess_workers,
+        dab=dab.strip().lower(),
+        settings=state(ctx).settings().settings,
         recursive=recursive,
         overwrite=overwrite,
         num_parts=num_parts,
@@ -113,9 +143,14 @@ def segment(
     if as_json:
         print_json(report.to_dict())
     else:
-        model_row = report.model if report.model == "hovernet" else "classical (weight-free: no weights given)"
-        rows = [
-            ("model", model_row),
+        if report.model != "hovernet":
+            model_row = "classical (weight-free: no weights given)"
+        else:
+            model_row = f"hovernet ({report.weights_model})" if report.weights_model else "hovernet"
+        rows = [("model", model_row)]
+        if report.licence:
+            rows.append(("licence", report.licence))
+        rows += [
             ("inputs", str(report.inputs)),
             ("segmented", str(report.segmented)),
             ("skipped (already done)", str(report.skipped)),

@@ -31,9 +31,11 @@ def translate(
     ctx: typer.Context,
     inputs: InputsArg,
     weights: Annotated[
-        Path,
+        str,
         weights_file(
-            "Generator checkpoint: histostain (.pt), reference CycleGAN *_net_G*.pth, or seed generator_*.tar."
+            "Generator: a checkpoint (histostain .pt, reference CycleGAN *_net_G*.pth, seed generator_*.tar), a "
+            "`histostain train cyclegan` run folder, or a model name from `histostain weights list`.",
+            metavar="FILE|RUN|NAME",
         ),
     ],
     direction: Annotated[
@@ -60,6 +62,7 @@ def translate(
         weights,
         out,
         direction=direction,
+        settings=state(ctx).settings().settings,
         device=state(ctx).device_manager(),
         tile=tile,
         overlap=overlap,
@@ -86,6 +89,9 @@ def translate(
             ("weights", f"{report.weights.get('format')} {Path(str(report.weights.get('path'))).name}"),
             ("record", report.record),
         ]
+        model = report.weights.get("model")
+        if model and model.get("name"):
+            rows.insert(-1, ("model", f"{model['name']} (licence: {model['licence']})"))
         if report.shard.get("num_parts", 1) > 1:
             rows.insert(0, ("part", f"{report.shard['part_id']} of {report.shard['num_parts']}"))
         print_summary(f"histostain translate ({direction}) -> {out}", rows)

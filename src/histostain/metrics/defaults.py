@@ -29,6 +29,9 @@ NUM_WORKERS_SHOWN = f"auto: 0 on a CPU, min({GPU_MAX_WORKERS}, CPUs) on a GPU"
 # The published file (pytorch-fid's release); torch hub names a file after the first 8 hex digits of its SHA-256.
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+# Its registry name: the weights cache keeps it as HISTOSTAIN_HOME/weights/fid-inception/<file name>
+# (histostain.weights.cache); the flat HISTOSTAIN_HOME/weights/<file name> of earlier versions is still found.
+FID_MODEL_NAME = "fid-inception"
 
 # ------------------------------------------------------------------------------- prepared datasets (splits)
 # Every evaluate command that reads a prepared folder picks its split the same way: --split if given, else
@@ -46,6 +49,7 @@ __all__ = [
     "DEFAULT_PROTOCOL",
     "DEFAULT_RADIUS",
     "DEFAULT_SPLIT",
+    "FID_MODEL_NAME",
     "FID_WEIGHTS_FILENAME",
     "FID_WEIGHTS_SHA256_PREFIX",
     "GPU_MAX_WORKERS",

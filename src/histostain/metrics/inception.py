@@ -35,7 +35,7 @@ from torchvision.models.inception import (
 )
 
 from histostain.errors import WeightsError
-from histostain.metrics.defaults import FID_WEIGHTS_FILENAME, FID_WEIGHTS_SHA256_PREFIX
+from histostain.metrics.defaults import FID_MODEL_NAME, FID_WEIGHTS_FILENAME, FID_WEIGHTS_SHA256_PREFIX
 from histostain.runtime.checkpoint import LoadedWeights, load_checkpoint, sha256_file
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,32 @@ class FIDInceptionV3(Inception3):
 # ------------------------------------------------------------------------------------------------- weights
 
 
-def weights_missing_error(path: Path) -> WeightsError:
+def weights_missing_error(path: Path, *others: Path) -> WeightsError:
     """The one-line message for absent weights: where to get the file and where it is looked for."""
+    where = " or ".join(str(p) for p in (path, *others))
+    if others:  # the weights cache's lookup: tell the user how to fill the cache
+        return WeightsError(
+            f"FID-Inception weights not found at {where}",
+            hint=f"run `histostain weights download {FID_MODEL_NAME}` (or download {FID_WEIGHTS_URL} and run "
+            f"`histostain weights import {FID_MODEL_NAME} FILE`), or pass --weights FILE",
+        )
     return WeightsError(
-        f"FID-Inception weights not found at {path}",
+        f"FID-Inception weights not found at {where}",
         hint=f"download {FID_WEIGHTS_URL} and save it as {path}, or pass --weights FILE",
     )
+
+
+def fid_weights_candidates(weights_dir: Path) -> list[Path]:
+    """Where the FID-Inception file is looked for in a weights folder, in order: the weights cache's
+    ``<weights_dir>/fid-inception/<file>`` (``histostain weights download|import fid-inception``), then the flat
+    ``<weights_dir>/<file>`` of earlier versions."""
+    folder = Path(weights_dir).expanduser()
+    return [folder / FID_MODEL_NAME / FID_WEIGHTS_FILENAME, folder / FID_WEIGHTS_FILENAME]
+
+
+def find_fid_weights(weights_dir: Path) -> Path | None:
+    """The first of :func:`fid_weights_candidates` that exists, or None."""
+    return next((path for path in fid_weights_candidates(weights_dir) if path.is_file()), None)
 
 
 def is_published_fid_weights(sha256: str) -> bool:
@@ -172,19 +192,23 @@ def is_published_fid_weights(sha256: str) -> bool:
 
 
 def resolve_weights(weights: Path | None = None, weights_dir: Path | None = None) -> Path:
-    """``weights`` if given, else ``weights_dir / FID_WEIGHTS_FILENAME`` (default: the settings' weights folder,
-    ``HISTOSTAIN_HOME/weights``); never any other network's weights. Missing weights are a one-line error."""
+    """``weights`` if given, else the published file in ``weights_dir`` (default: the settings' weights folder,
+    ``HISTOSTAIN_HOME/weights``): the cache's ``fid-inception/<file>``, else the flat ``<file>`` of earlier
+    versions (:func:`fid_weights_candidates`); never any other network's weights. Missing weights are a one-line
+    error."""
     if weights is not None:
         path = Path(weights).expanduser()
-    else:
-        if weights_dir is None:
-            from histostain.settings import load_settings
+        if not path.is_file():
+            raise weights_missing_error(path)
+        return path
+    if weights_dir is None:
+        from histostain.settings import load_settings
 
-            weights_dir = load_settings().settings.weights_dir
-        path = Path(weights_dir).expanduser() / FID_WEIGHTS_FILENAME
-    if not path.is_file():
-        raise weights_missing_error(path)
-    return path
+        weights_dir = load_settings().settings.weights_dir
+    found = find_fid_weights(Path(weights_dir))
+    if found is None:
+        raise weights_missing_error(*fid_weights_candidates(Path(weights_dir)))
+    return found
 
 
 def _describe_mismatch(path: Path, state: Mapping[str, Any], expected: Mapping[str, Tensor]) -> str:
@@ -265,6 +289,8 @@ __all__ = [
     "FIDInceptionE1",
     "FIDInceptionE2",
     "FIDInceptionV3",
+    "fid_weights_candidates",
+    "find_fid_weights",
     "is_published_fid_weights",
     "load_fid_inception",
     "resolve_weights",

@@ -7,7 +7,9 @@ on a CPU-only machine by injecting a fake probe. Policy for ``precision="auto"``
   training);
 * MPS: fp32 (MPS autocast coverage is still partial; fp32 is the safe choice);
 * CPU: fp32, unless the CPU has native bf16 instructions (AVX512-BF16 / AMX-BF16 / ARM BF16). Emulated bf16
-  autocast on a CPU without them is tens of times slower than fp32, so ``auto`` never picks it there.
+  autocast on a CPU without them is tens of times slower than fp32, so ``auto`` never picks it there. A command
+  whose answer must not depend on the precision asks with ``exact_cpu=True``: ``auto`` then keeps fp32 on every
+  CPU (``segment``: bf16 autocast moves nuclei, single tiles down to PQ 0.89 against fp32; docs/segment-precision.md).
 """
 
 from __future__ import annotations
@@ -123,8 +125,13 @@ class DevicePlan:
 _CUDA_INDEX = re.compile(r"^cuda(?::(\d+))?$")
 
 
-def plan_device(device: str = "auto", precision: str = "auto", caps: Capabilities | None = None) -> DevicePlan:
-    """Decide device and precision from a request and the machine's capabilities (pure function)."""
+def plan_device(
+    device: str = "auto", precision: str = "auto", caps: Capabilities | None = None, *, exact_cpu: bool = False
+) -> DevicePlan:
+    """Decide device and precision from a request and the machine's capabilities (pure function).
+
+    ``exact_cpu``: ``auto`` resolves to fp32 on a CPU even when it has native bf16 (an explicit precision is still
+    honoured; CUDA and MPS are unaffected)."""
     caps = caps if caps is not None else probe_capabilities()
     device = device.strip().lower()
     precision = precision.strip().lower()
@@ -198,7 +205,9 @@ def plan_device(device: str = "auto", precision: str = "auto", caps: Capabilitie
         channels_last = False
     else:
         if precision == "auto":
-            if caps.cpu_bf16:
+            if caps.cpu_bf16 and exact_cpu:
+                resolved, pwhy = "fp32", "auto: fp32 on CPU for this command, bf16 autocast would change its answer"
+            elif caps.cpu_bf16:
                 resolved, pwhy = "bf16", "auto: the CPU has native bf16 instructions"
             else:
                 resolved, pwhy = "fp32", "auto: the CPU lacks native bf16, so autocast would be much slower"
@@ -239,9 +248,11 @@ class DeviceManager:
         precision: str = "auto",
         num_threads: int | None = None,
         caps: Capabilities | None = None,
+        *,
+        exact_cpu: bool = False,
     ) -> DeviceManager:
-        """Resolve a request (``--device``, ``--precision``) into a manager."""
-        return cls(plan_device(device, precision, caps), num_threads=num_threads)
+        """Resolve a request (``--device``, ``--precision``) into a manager (``exact_cpu``: see :func:`plan_device`)."""
+        return cls(plan_device(device, precision, caps, exact_cpu=exact_cpu), num_threads=num_threads)
 
     @property
     def precision(self) -> str:

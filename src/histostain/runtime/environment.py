@@ -77,10 +77,10 @@ def _plain(value: Any) -> Any:
 def fid_weights_status(weights_dir: Path) -> dict[str, Any]:
     """Whether the FID-Inception weights are where ``evaluate fid|kid`` look, and whether they are the published
     file (its SHA-256 starts with the digits in its name)."""
-    from histostain.metrics.inception import FID_WEIGHTS_FILENAME
+    from histostain.metrics.inception import fid_weights_candidates, find_fid_weights
     from histostain.runtime.checkpoint import sha256_file
 
-    path = Path(weights_dir) / FID_WEIGHTS_FILENAME
-    if not path.is_file():
-        return {"path": str(path), "present": False, "published": None}
+    path = find_fid_weights(Path(weights_dir))  # the weights cache's fid-inception/, else the flat file
+    if path is None:
+        return {"path": str(fid_weights_candidates(Path(weights_dir))[0]), "present": False, "published": None}
     return {"path": str(path), "present": True, "published": sha256_file(path).startswith(PUBLISHED_FID_SHA256_PREFIX)}

@@ -11,22 +11,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from histostain.errors import InputError
+from histostain.errors import ConfigError, InputError
 from histostain.io.atomic import atomic_write_text
-from histostain.io.batch import BatchItem, BatchReport, ImageStep, outputs_with, plan_batch, run_batch
+from histostain.io.batch import BatchItem, BatchReport, ImageStep, Sink, outputs_with, plan_batch, run_batch
 from histostain.io.sharding import shard_device
 from histostain.provenance import Provenance, plain
 from histostain.runtime.device import DeviceManager
 from histostain.segmentation.chunks import DEFAULT_CHUNK, check_chunk
+from histostain.segmentation.inference import COMPILE_CHOICES
 from histostain.segmentation.nuclei import Nuclei
 from histostain.segmentation.segment import Segmenter, build_segmenter, segment_at_scale
+
+if TYPE_CHECKING:
+    from histostain.settings import ResolvedSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ class SegmentReport:
     nuclei: int = 0
     seconds: float = 0.0
     model: str = ""
+    weights_model: str | None = None  # the registry name (or run) the weights came from
+    licence: str | None = None  # the model card's licence, shown wherever the model is used
     out_dir: str = ""
     record: str = ""
     summary: str = ""
@@ -64,7 +71,11 @@ class SegmentReport:
 
 
 class SegmentStep(ImageStep[np.ndarray, tuple[Nuclei, np.ndarray]]):
-    """One image: segment at the model's scale, then write every format and the summary row."""
+    """One image: segment at the model's scale, then write every format and the summary row.
+
+    A segmenter with post-processing workers (``HoVerNetSegmenter.overlapping``) gets image ``i``'s nuclei from a
+    worker while its network computes image ``i + 1``; results still reach the writers in input order.
+    """
 
     def __init__(self, segmenter: Segmenter, formats: Sequence[str], input_mpp: float | None) -> None:
         self.segmenter = segmenter
@@ -82,6 +93,39 @@ class SegmentStep(ImageStep[np.ndarray, tuple[Nuclei, np.ndarray]]):
         nuclei = segment_at_scale(self.segmenter, image, self.input_mpp)
         self.nuclei += len(nuclei)
         return nuclei, image
+
+    def process(self, work: Iterable[tuple[BatchItem, np.ndarray]], sink: Sink[tuple[Nuclei, np.ndarray]]) -> None:
+        overlapping = getattr(self.segmenter, "overlapping", None)
+        if overlapping is None:
+            super().process(work, sink)
+            return
+        with overlapping() as pool:
+            if pool is None:
+                super().process(work, sink)
+                return
+            pending: deque[tuple[BatchItem, np.ndarray, Callable[[], Nuclei]]] = deque()
+
+            def finish_oldest() -> None:
+                item, image, finish = pending.popleft()
+                try:
+                    nuclei = finish()
+                except InputError as error:
+                    sink.failed(item, error)
+                    return
+                self.nuclei += len(nuclei)
+                sink.done(item, (nuclei, image))
+
+            for item, image in work:
+                try:
+                    finish = self.segmenter.start(image, self.input_mpp)  # type: ignore[attr-defined]
+                except InputError as error:
+                    sink.failed(item, error)
+                    continue
+                pending.append((item, image, finish))
+                while len(pending) > 1:  # the previous image was post-processed while this one was inferred
+                    finish_oldest()
+            while pending:
+                finish_oldest()
 
     def write(self, item: BatchItem, result: tuple[Nuclei, np.ndarray]) -> None:
         from histostain.segmentation.outputs import summary_row, write_outputs
@@ -106,6 +150,35 @@ def collect_summary(out_dir: Path, keys: Sequence[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` from the file's header (no decoding), or None when it cannot be told cheaply."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)  # type: ignore[union-attr]
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return int(image.height), int(image.width)
+    except Exception:  # a guess only: the engine reports unreadable files properly
+        return None
+
+
+def announce_run(segmenter: Segmenter, items: Sequence[BatchItem], input_mpp: float | None) -> None:
+    """Tell a segmenter that plans for its whole run (``expect``: HoVer-Net's compile decision) the image sizes
+    to come, read from the file headers."""
+    expect = getattr(segmenter, "expect", None)
+    if expect is None:
+        return
+    for item in items:
+        size = _image_size(item.source)
+        if size is not None:
+            expect(*size, input_mpp)
+
+
 def segment_paths(
     inputs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -124,8 +197,21 @@ def segment_paths(
     num_parts: int | None = None,
     part_id: int | None = None,
     provenance: Provenance | None = None,
+    compile: str = "auto",
+    postprocess_workers: int | None = None,
+    dab: str = "nuclear",
+    settings: Settings | ResolvedSettings | None = None,
+    segmenter: Segmenter | None = None,
 ) -> SegmentReport:
-    """The ``segment`` command: check inputs and options, build the segmenter, run the batch engine, summarise."""
+    """The ``segment`` command: check inputs and options, build the segmenter, run the batch engine, summarise.
+
+    ``weights``: a HoVer-Net file, a ``train hovernet`` run folder or a registry name (``settings`` gives the
+    registry and the cache; default: the loaded settings). ``dab``: where the classical model expects DAB
+    (``nuclear`` for ER/PR/Ki-67, ``membrane`` for HER2).
+    ``compile`` and ``postprocess_workers`` are HoVer-Net speed options (``HoVerNetSegmenter``). A library caller
+    that segments several folders with one model may pass a ready ``segmenter`` (its network stays compiled);
+    ``model``, ``weights``, ``device`` and the options that build one are then not used.
+    """
     from histostain.segmentation.outputs import FORMATS, output_suffixes, write_summary_csv
 
     chosen = tuple(formats) if formats else FORMATS
@@ -135,15 +221,22 @@ def segment_paths(
     if mpp is not None and not mpp > 0:
         raise InputError(f"--mpp {mpp}: must be a positive number of micrometres per pixel")
     check_chunk(chunk)
+    if compile not in COMPILE_CHOICES:
+        raise ConfigError(f"--compile {compile}: unknown choice", hint=f"use one of {', '.join(COMPILE_CHOICES)}")
+    if postprocess_workers is not None and postprocess_workers < 0:
+        raise ConfigError(f"--postprocess-workers {postprocess_workers}: must be 0 or more")
     outputs = outputs_with(*output_suffixes(chosen), ROW_SUFFIX)
     plan = plan_batch(
         inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
     )
-    manager = shard_device(device if device is not None else DeviceManager.create(), plan.shard)
-    segmenter = build_segmenter(
-        model, weights=weights, device=manager, stain=stain, mpp=mpp, batch_size=batch_size, chunk=chunk,
-        positivity=positivity,
-    )  # fmt: skip
+    if segmenter is None:
+        manager = shard_device(device if device is not None else DeviceManager.create(), plan.shard)
+        segmenter = build_segmenter(
+            model, weights=weights, device=manager, stain=stain, mpp=mpp, batch_size=batch_size, chunk=chunk,
+            positivity=positivity, compile=compile, postprocess_workers=postprocess_workers, dab=dab,
+            settings=settings,
+        )  # fmt: skip
+    announce_run(segmenter, [item for item in plan.items if overwrite or not item.done()], mpp)
     step = SegmentStep(segmenter, chosen, mpp)
     batch: BatchReport = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
     rows = collect_summary(plan.out_dir, [item.key for item in plan.items])
@@ -159,6 +252,8 @@ def segment_paths(
         nuclei=step.nuclei,
         seconds=batch.seconds,
         model=segmenter.kind,
+        weights_model=(getattr(segmenter, "model_record", None) or {}).get("name"),
+        licence=getattr(segmenter, "licence", None),
         out_dir=batch.out_dir,
         record=batch.record,
         summary=str(summary_path),
@@ -177,4 +272,12 @@ def _totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
-__all__ = ["COMMAND", "ROW_SUFFIX", "SegmentReport", "SegmentStep", "collect_summary", "segment_paths"]
+__all__ = [
+    "COMMAND",
+    "ROW_SUFFIX",
+    "SegmentReport",
+    "SegmentStep",
+    "announce_run",
+    "collect_summary",
+    "segment_paths",
+]

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,7 +45,11 @@ from histostain.io.tiling import MIN_SIDE, Stitcher, TileBatcher, TilePlan, extr
 from histostain.provenance import Provenance
 from histostain.runtime.checkpoint import LoadedWeights
 from histostain.runtime.device import DeviceManager
-from histostain.translation.compat import load_generator
+from histostain.translation.compat import DIRECTIONS, load_generator
+
+if TYPE_CHECKING:
+    from histostain.settings import Settings
+    from histostain.weights.registry import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,7 @@ class Translator:
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
         self.direction = direction
         self.source = source
+        self.model_record: dict[str, Any] | None = None  # the registry card or run the weights came from
 
     @classmethod
     def from_checkpoint(
@@ -259,6 +264,8 @@ class TranslateStep(BatchStep[np.ndarray, _Job]):
         weights = None if t.source is None else t.source.to_dict()
         if weights is not None:
             weights["path"] = str(Path(weights["path"]).resolve())  # the command line does not record the cwd
+            if t.model_record is not None:
+                weights["model"] = dict(t.model_record)
         return {
             "weights": weights,
             "details": {
@@ -303,8 +310,14 @@ class TranslateStep(BatchStep[np.ndarray, _Job]):
             out_dir=batch.out_dir,
             record=batch.record,
             shard=batch.shard.to_dict(),
-            weights={} if source is None else source.to_dict(),
+            weights={} if source is None else self._weights_record(source),
         )
+
+    def _weights_record(self, source: LoadedWeights) -> dict[str, Any]:
+        record = source.to_dict()
+        if self.translator.model_record is not None:
+            record["model"] = dict(self.translator.model_record)
+        return record
 
     def summary(self, report: BatchReport) -> dict[str, Any]:
         data = self.report(report).to_dict()
@@ -345,12 +358,32 @@ class TranslateReport:
         return {**asdict(self), "failed": failed, **{name: getattr(self, name) for name in derived}}
 
 
+def _card_direction(card: ModelCard | None, direction: str | None) -> str | None:
+    """The direction to run: ``direction`` when the model card allows it (a one-line error otherwise), else the
+    card's own when it has one."""
+    if card is None:
+        return direction
+    from histostain.weights.importer import card_directions
+
+    allowed = card_directions(card)
+    wanted = direction.strip().lower().replace("-", "").replace("_", "") if direction else None
+    if wanted is not None and wanted not in DIRECTIONS:
+        raise ConfigError(f"unknown direction {direction!r}", hint="use ihc2he or he2ihc")
+    if wanted is not None and allowed and wanted not in allowed:
+        raise ConfigError(
+            f"{card.name} translates {' and '.join(allowed)}, not {wanted}",
+            hint=f"use --direction {allowed[0]}, or a model of the other direction",
+        )
+    return wanted or (allowed[0] if allowed else None)
+
+
 def translate_paths(
     inputs: Sequence[str | os.PathLike[str]],
     weights: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
     direction: str | None = None,
+    settings: Settings | None = None,
     device: DeviceManager | None = None,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
@@ -364,18 +397,25 @@ def translate_paths(
 ) -> TranslateReport:
     """The ``translate`` command: check inputs and options, load the weights, run the batch engine.
 
+    ``weights``: a generator file, a ``histostain train cyclegan`` run folder or a registry name (cached, or
+    downloaded unless offline; ``settings`` gives the cache and the registry, default: the loaded settings).
     Everything a user can get wrong without the weights (inputs, output folder, shard, tile, format) is checked
     before the weights are loaded; each torchrun process moves to its own GPU (``io.sharding.shard_device``).
     """
+    from histostain.weights.resolve import resolve_weights
+
     _check_options(tile, overlap, batch_size)
     outputs = image_outputs(fmt)
     plan = plan_batch(
         inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
     )
+    resolved = resolve_weights(weights, task="translation", settings=settings)
+    direction = _card_direction(resolved.card, direction)
     manager = shard_device(device if device is not None else DeviceManager.create(), plan.shard)
     translator = Translator.from_checkpoint(
-        weights, direction, manager, tile=tile, overlap=overlap, batch_size=batch_size
+        resolved.path, direction, manager, tile=tile, overlap=overlap, batch_size=batch_size
     )
+    translator.model_record = resolved.record() if resolved.card is not None else None
     assert translator.source is not None
     log.info("translating with the %s (%s)", translator.source.describe(), translator.direction or "?")
     return translator.run_plan(plan, fmt=fmt, overwrite=overwrite, provenance=provenance)

@@ -1,0 +1,1 @@
+"""Named models: the registry of model cards, the weights cache, downloads and imports (docs/weights.md)."""
