@@ -308,3 +308,27 @@ def _settings_with_registry(tmp_path: Path, registry: Path) -> Path:
     path = tmp_path / "histostain.toml"
     path.write_text(f'registry = "{registry}"\n', encoding="utf-8")
     return path
+
+
+def test_segment_with_the_imported_official_pannuke_file_names_nuclei_by_pannuke(
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's 'done': `weights import hovernet_fast-pannuke` of hover_net's official .tar, then
+    `segment -w hovernet_fast-pannuke`: PanNuke class names and colours in the GeoJSON, the licence said."""
+    from histostain.vocabulary import PANNUKE_TYPE_NAMES
+
+    monkeypatch.setattr("histostain.segmentation.inference.HoVerNetPredictor.maps", _one_nucleus_maps)
+    download = _hovernet_file(tmp_path / "Downloads" / "hovernet_fast_pannuke_type_tf2pytorch.tar")
+    code, _, err = run_cli([*CLI, "weights", "import", "hovernet_fast-pannuke", str(download)])
+    assert code == 0, err
+    write_image(tmp_path / "tiles" / "he.png", np.full((64, 64, 3), 200, dtype=np.uint8))
+    out = tmp_path / "seg"
+    code, stdout, err = run_cli(
+        [*CLI, "segment", str(tmp_path / "tiles"), "-w", "hovernet_fast-pannuke", "-o", str(out), "--json"]
+    )
+    assert code == 0, err
+    assert "CC BY-NC-SA 4.0" in json.loads(stdout)["licence"]
+    [feature] = json.loads((out / "he.geojson").read_text())["features"]
+    classification = feature["properties"]["classification"]
+    assert classification["name"] == PANNUKE_TYPE_NAMES[2]
+    assert len(classification["color"]) == 3

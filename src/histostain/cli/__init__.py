@@ -58,6 +58,11 @@ class RootGroup(LazyGroup):
             "Find and classify nuclei (HoVer-Net or the weight-free classical model; IHC positivity and H-score).",
         ),
         LazyCommand(
+            "pipeline",
+            "histostain.cli.pipeline:pipeline",
+            "IHC tiles -> synthetic H&E -> nuclei -> metrics (with --ground-truth) and report.html.",
+        ),
+        LazyCommand(
             "evaluate",
             "histostain.cli.evaluate:evaluate_app",
             "Compute the metrics papers report (FID/KID, cell detection F1, Dice/AJI/PQ, PSNR/SSIM).",

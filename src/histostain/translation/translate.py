@@ -377,6 +377,25 @@ def _card_direction(card: ModelCard | None, direction: str | None) -> str | None
     return wanted or (allowed[0] if allowed else None)
 
 
+def load_translator(
+    weights: str | os.PathLike[str],
+    direction: str | None,
+    device: DeviceManager,
+    *,
+    settings: Settings | None = None,
+    **options: Any,
+) -> Translator:
+    """The Translator ``weights`` names (a generator file, a ``train cyclegan`` run folder or a registry name),
+    with the direction checked against the model card; ``options``: tile, overlap, batch_size."""
+    from histostain.weights.resolve import resolve_weights
+
+    resolved = resolve_weights(weights, task="translation", settings=settings)
+    direction = _card_direction(resolved.card, direction)
+    translator = Translator.from_checkpoint(resolved.path, direction, device, **options)
+    translator.model_record = resolved.record() if resolved.card is not None else None
+    return translator
+
+
 def translate_paths(
     inputs: Sequence[str | os.PathLike[str]],
     weights: str | os.PathLike[str],
@@ -402,20 +421,15 @@ def translate_paths(
     Everything a user can get wrong without the weights (inputs, output folder, shard, tile, format) is checked
     before the weights are loaded; each torchrun process moves to its own GPU (``io.sharding.shard_device``).
     """
-    from histostain.weights.resolve import resolve_weights
-
     _check_options(tile, overlap, batch_size)
     outputs = image_outputs(fmt)
     plan = plan_batch(
         inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
     )
-    resolved = resolve_weights(weights, task="translation", settings=settings)
-    direction = _card_direction(resolved.card, direction)
     manager = shard_device(device if device is not None else DeviceManager.create(), plan.shard)
-    translator = Translator.from_checkpoint(
-        resolved.path, direction, manager, tile=tile, overlap=overlap, batch_size=batch_size
+    translator = load_translator(
+        weights, direction, manager, settings=settings, tile=tile, overlap=overlap, batch_size=batch_size
     )
-    translator.model_record = resolved.record() if resolved.card is not None else None
     assert translator.source is not None
     log.info("translating with the %s (%s)", translator.source.describe(), translator.direction or "?")
     return translator.run_plan(plan, fmt=fmt, overwrite=overwrite, provenance=provenance)
@@ -423,6 +437,7 @@ def translate_paths(
 
 __all__ = [
     "COMMAND",
+    "load_translator",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",

@@ -1,0 +1,1 @@
+"""`histostain pipeline`: IHC tiles -> synthetic H&E -> nuclei -> metrics and a visual report."""
