@@ -63,6 +63,11 @@ class RootGroup(LazyGroup):
             "IHC tiles -> synthetic H&E -> nuclei -> metrics (with --ground-truth) and report.html.",
         ),
         LazyCommand(
+            "demo",
+            "histostain.cli.demo:demo",
+            "Run the whole tool on synthetic tissue in about a minute: three routes compared, a report to open.",
+        ),
+        LazyCommand(
             "evaluate",
             "histostain.cli.evaluate:evaluate_app",
             "Compute the metrics papers report (FID/KID, cell detection F1, Dice/AJI/PQ, PSNR/SSIM).",
