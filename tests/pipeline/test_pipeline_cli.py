@@ -191,3 +191,20 @@ def test_an_unreadable_tile_is_listed_and_the_others_are_finished(run_cli, tmp_p
     assert "Traceback" not in err
     assert (out / "detections" / "good.json").is_file() and (out / "report.html").is_file()
     assert not (out / "detections" / "broken.json").exists()
+
+
+def test_overlapping_the_stages_changes_no_answer(run_cli, synthetic, tmp_path: Path) -> None:
+    """Translating image i + 1 in a second thread while image i is segmented gives the same nuclei, in order."""
+    found = {}
+    for flag in ("--overlap-stages", "--no-overlap-stages"):
+        out = tmp_path / flag.strip("-")
+        code, _, err = run_cli(
+            [*CLI, "pipeline", "-i", str(synthetic["tiles"]), "-o", str(out), "-t", str(synthetic["generator"]),
+             "-w", str(synthetic["hovernet"]), "--formats", "txt", flag]
+        )  # fmt: skip
+        assert code == 0, err
+        found[flag] = {
+            p.name: (json.loads(p.read_text())["pred"], (out / "translated" / f"{p.stem}.png").read_bytes())
+            for p in sorted((out / "detections").iterdir())
+        }
+    assert found["--overlap-stages"] == found["--no-overlap-stages"] and len(found["--overlap-stages"]) == 4

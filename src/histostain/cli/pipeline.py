@@ -153,6 +153,14 @@ def pipeline(
         int | None, _option("--report-samples", help="Tiles shown in report.html.", default=str(DEFAULT_SAMPLES))
     ] = None,
     recursive: Annotated[bool | None, _flag("--recursive", "Include sub-folders of folder inputs.", "off")] = None,
+    overlap_stages: Annotated[
+        bool | None,
+        typer.Option(
+            "--overlap-stages/--no-overlap-stages",
+            help="Translate the next image while this one is segmented.",
+            show_default="on with a GPU or 4+ CPU cores",
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     num_parts: NumPartsOpt = None,
     part_id: PartIdOpt = None,
@@ -171,7 +179,7 @@ def pipeline(
         "stain": stain, "dab": dab, "positivity": _positivity(positivity), "mpp": mpp, "ground_truth": ground_truth,
         "split": split, "radius_um": radius_um, "tile": tile, "overlap": overlap, "batch_size": batch_size,
         "chunk_size": chunk_size, "report_samples": report_samples, "recursive": recursive,
-        "formats": None if formats is None else formats.split(","),
+        "overlap_stages": overlap_stages, "formats": None if formats is None else formats.split(","),
     }  # fmt: skip
     resolved = resolve_config(overrides, config)
     report = run_pipeline(

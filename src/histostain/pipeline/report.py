@@ -675,7 +675,7 @@ table.grid{font-size:12.5px;font-variant-numeric:tabular-nums}
 table.grid th{position:sticky;top:0;background:#eef1f6;border-bottom:1px solid #c8cfdb}
 table.grid tr:nth-child(even) td{background:#f6f8fb}table.grid td{white-space:nowrap;text-align:right}
 table.grid td:first-child{text-align:left}
-.scroll{max-height:520px;overflow:auto;border:1px solid #d9dee7}
+.scroll{display:inline-block;max-width:100%;max-height:520px;overflow:auto;border:1px solid #d9dee7}
 code{font:12.5px ui-monospace,Consolas,monospace;background:#f2f4f8;padding:1px 4px;border-radius:3px}
 .cols{display:flex;flex-wrap:wrap;gap:12px 48px}
 .sample{margin:14px 0;padding-top:6px;border-top:1px solid #eceff4}.sample h3{font-weight:normal}

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from histostain.errors import InputError
 from histostain.io.atomic import atomic_write_text
-from histostain.io.batch import BatchItem, ImageStep
+from histostain.io.batch import BatchItem, ImageStep, Sink
 from histostain.io.inputs import OutputNames
 from histostain.metrics.detection import DetectionCounts, match_points
 from histostain.provenance import plain
@@ -117,8 +121,10 @@ class PipelineStep(ImageStep[np.ndarray, PipelineResult]):
         ground_truth: GroundTruth | None = None,
         radius_px: float | None = None,
         radius_um: float | None = None,
+        overlap_stages: bool = False,
     ) -> None:
         self.translator = translator
+        self.overlap_stages = overlap_stages
         self.segmenter = segmenter
         self.formats = formats
         self.keep_translated = keep_translated and translator is not None
@@ -163,14 +169,45 @@ class PipelineStep(ImageStep[np.ndarray, PipelineResult]):
         }
 
     # ------------------------------------------------------------------------------------------ work
-    def run(self, item: BatchItem, image: np.ndarray) -> PipelineResult:
+    def _translate(self, image: np.ndarray) -> np.ndarray | None:
+        if self.translator is None:
+            return None
         start = time.perf_counter()
-        translated = self.translator.translate(image) if self.translator is not None else None
+        translated = self.translator.translate(image)
+        self.times.translate += time.perf_counter() - start
+        return translated
+
+    def run(self, item: BatchItem, image: np.ndarray) -> PipelineResult:
+        return self._segment_and_score(item, image, self._translate(image))
+
+    def process(self, work: Iterable[tuple[BatchItem, np.ndarray]], sink: Sink[PipelineResult]) -> None:
+        """With ``overlap_stages``, image ``i + 1`` is translated in a second thread while image ``i`` is segmented
+        (torch releases the GIL in its kernels); results still reach the writers in input order."""
+        if self.translator is None or not self.overlap_stages:
+            super().process(work, sink)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="translate") as pool:
+            pending: deque[tuple[BatchItem, np.ndarray, Future[np.ndarray | None]]] = deque()
+
+            def finish_oldest() -> None:
+                item, image, future = pending.popleft()
+                try:
+                    sink.done(item, self._segment_and_score(item, image, future.result()))
+                except InputError as error:
+                    sink.failed(item, error)
+
+            for item, image in work:
+                pending.append((item, image, pool.submit(self._translate, image)))
+                while len(pending) > 1:
+                    finish_oldest()
+            while pending:
+                finish_oldest()
+
+    def _segment_and_score(self, item: BatchItem, image: np.ndarray, translated: np.ndarray | None) -> PipelineResult:
         segmented = translated if translated is not None else image
         middle = time.perf_counter()
         nuclei = segment_at_scale(self.segmenter, segmented, self.input_mpp)
         end = time.perf_counter()
-        self.times.translate += middle - start
         self.times.segment += end - middle
         self.nuclei += len(nuclei)
         from histostain.segmentation.outputs import summary_row
