@@ -13,6 +13,7 @@ model work in between. Per input it writes (``pipeline_outputs``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import deque
@@ -182,10 +183,16 @@ class PipelineStep(ImageStep[np.ndarray, PipelineResult]):
 
     def process(self, work: Iterable[tuple[BatchItem, np.ndarray]], sink: Sink[PipelineResult]) -> None:
         """With ``overlap_stages``, image ``i + 1`` is translated in a second thread while image ``i`` is segmented
-        (torch releases the GIL in its kernels); results still reach the writers in input order."""
-        if self.translator is None or not self.overlap_stages:
-            super().process(work, sink)
-            return
+        (torch releases the GIL in its kernels); results still reach the writers in input order. A HoVer-Net
+        segmenter with post-processing workers post-processes a chunk while its network runs the next one."""
+        overlapping = getattr(self.segmenter, "overlapping", None)
+        with overlapping() if overlapping is not None else contextlib.nullcontext():
+            if self.translator is None or not self.overlap_stages:
+                super().process(work, sink)
+            else:
+                self._process_overlapped(work, sink)
+
+    def _process_overlapped(self, work: Iterable[tuple[BatchItem, np.ndarray]], sink: Sink[PipelineResult]) -> None:
         with ThreadPoolExecutor(1, thread_name_prefix="translate") as pool:
             pending: deque[tuple[BatchItem, np.ndarray, Future[np.ndarray | None]]] = deque()
 
