@@ -420,7 +420,8 @@ def test_matches_panel_is_drawn_on_translated_image(tmp_path: Path) -> None:
     for x, y in det["pred"] + det["true"]:
         untouched[max(0, int(y) - 7) : int(y) + 8, max(0, int(x) - 7) : int(x) + 8] = False
     assert untouched.sum() > 100
-    assert np.abs(matches - he)[untouched].mean() < 1 < np.abs(matches - ihc)[untouched].mean()
+    to_he, to_ihc = np.abs(matches - he)[untouched].mean(), np.abs(matches - ihc)[untouched].mean()
+    assert to_he < 6 and to_he * 4 < to_ihc  # JPEG noise, not another image
 
 
 def _marker_fixture(tmp_path: Path, truth: bool) -> Path:

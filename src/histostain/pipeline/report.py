@@ -456,7 +456,7 @@ def header_section(run: RunFolder) -> str:
     """Section 1: title, status, version, creation time and command line."""
     record, provenance = run.record, _dict(run.record.get("provenance"))
     status = str(record.get("status", "unknown"))
-    css = "ok" if status.lower() in {"ok", "complete", "completed", "done", "success"} else "warn"
+    css = "ok" if status.lower() in {"ok", "complete", "completed", "done", "finished", "success"} else "warn"
     facts = [
         ("status", f'<span class="badge {css}">{_esc(status)}</span>'),
         ("histostain", _esc(provenance.get("histostain_version", "unknown"))),
@@ -496,8 +496,9 @@ def _metric_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """The metrics table: precision/recall/F1 to 3 decimals, counts as ints, the matching radius, the rest."""
     rows: list[tuple[str, str]] = []
     for name, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1")):
-        if (value := _number(summary.get(name))) is not None:
-            rows.append((label, f"{value:.3f}"))
+        if name in summary:  # null when undefined (precision without any prediction)
+            value = _number(summary[name])
+            rows.append((label, "n/a" if value is None else f"{value:.3f}"))
     for name in ("tp", "fp", "fn"):
         if (value := _number(summary.get(name))) is not None:
             rows.append((name.upper(), str(int(value))))
