@@ -376,6 +376,10 @@ def test_prepared_endonuke_ground_truth(tmp_path: Path) -> None:
         assert one.meta["n_images"] == sum(s["split"] == split for s in manifest["samples"])
         assert one.meta["split"] == split and one.scope == f"split {split}"
         assert one.meta["unmatched_pred"]  # the other splits' predictions have no ground truth here
+    # --radius-um alone: the prepared ground truth's manifest gives the um/px (4 um at 2 um/px = 2 px)
+    in_um = evaluate_celldet(prepared, tmp_path / "pred", radius_um=4.0, split="all")
+    assert in_um.meta["radius_px"] == pytest.approx(2.0) and in_um.meta["mpp_source"] == "manifest"
+    assert in_um.summary == result.summary
     default = evaluate_celldet(prepared, tmp_path / "pred", radius=2.0)  # no --split: the test split, not all
     assert default.meta["split"] == "test" and default.meta["split_reason"] == "default: the test split"
     assert default.meta["n_images"] == sum(s["split"] == "test" for s in manifest["samples"])

@@ -67,7 +67,9 @@ def test_translate_segment_score_writes_every_output_and_resumes(run_cli, synthe
         assert translated.shape == (96, 96, 3)
         for suffix in (".json", ".geojson", ".tif", "_overlay.png", ".txt"):
             assert (out / "nuclei" / f"{key}{suffix}").is_file()
-        record = json.loads((out / "detections" / f"{key}.json").read_text())
+        text = (out / "detections" / f"{key}.json").read_text()
+        assert "NaN" not in text  # strict JSON: undefined scores are null
+        record = json.loads(text)
         assert record["key"] == key and record["radius_px"] == pytest.approx(6.0)
         assert len(record["tp_true"]) == len(record["tp_pred"]) == record["row"]["tp"]
         assert len(record["pred"]) == record["row"]["nuclei"]

@@ -29,7 +29,8 @@ def _resolve_radius(radius: float, radius_um: float | None, mpp: float | None) -
     if (radius_um is None) != (mpp is None):
         raise ConfigError(
             "--radius-um and --mpp go together",
-            hint="give both (radius in px = radius_um / mpp), or give --radius in pixels",
+            hint="give both (radius in px = radius_um / mpp; a prepared EndoNuke ground truth gives mpp itself), "
+            "or give --radius in pixels",
         )
     if mpp is not None:
         if not (math.isfinite(mpp) and mpp > 0):
@@ -69,7 +70,13 @@ def evaluate_celldet(
     from histostain.runtime.progress import track
 
     check_compat(compat)
-    radius_px, radius_in_um = _resolve_radius(radius, radius_um, mpp)
+    warnings: list[str] = []
+    true_side = None
+    scale = mpp
+    if radius_um is not None and mpp is None:  # a prepared ground truth records its um/px
+        true_side = resolve_side(Path(true), "true", split, warnings)
+        scale = true_side.mpp
+    radius_px, radius_in_um = _resolve_radius(radius, radius_um, scale)
     record = record_or_capture(
         provenance,
         true=true,
@@ -87,8 +94,8 @@ def evaluate_celldet(
     scorer = DetectionScorer(
         radius_px, thresholds=thresholds or (), compat=compat, class_map=class_map, pred_class_map=pred_class_map
     )
-    warnings: list[str] = []
-    true_side = resolve_side(Path(true), "true", split, warnings)
+    if true_side is None:
+        true_side = resolve_side(Path(true), "true", split, warnings)
     pred_side = resolve_side(Path(pred), "pred", None, warnings)
     if true_side.class_names and not class_map:  # the dataset's names, unless its codes were mapped away
         scorer.class_names = true_side.class_names

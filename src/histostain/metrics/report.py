@@ -74,16 +74,16 @@ class TableView:
         return chosen
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe numbers: numpy scalars to Python, NaN/inf to None (JSON has no NaN)."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -121,7 +121,7 @@ class EvaluationResult:
     views: dict[str, list[TableView]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return _plain(
+        return json_safe(
             {
                 "metric": self.metric,
                 "summary": self.summary,
@@ -158,5 +158,5 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: _plain(value) for key, value in row.items()})
+        writer.writerow({key: json_safe(value) for key, value in row.items()})
     return buffer.getvalue()

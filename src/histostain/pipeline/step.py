@@ -30,6 +30,7 @@ from histostain.io.atomic import atomic_write_text
 from histostain.io.batch import BatchItem, ImageStep, Sink
 from histostain.io.inputs import OutputNames
 from histostain.metrics.detection import DetectionCounts, match_points
+from histostain.metrics.report import json_safe
 from histostain.provenance import plain
 from histostain.segmentation.segment import Segmenter, segment_at_scale
 
@@ -240,7 +241,8 @@ class PipelineStep(ImageStep[np.ndarray, PipelineResult]):
             write_image(targets.pop(0), result.translated)
         detections = targets.pop()
         write_outputs(result.nuclei, targets, image=result.segmented, image_name=item.source.name, formats=self.formats)
-        atomic_write_text(detections, json.dumps(plain(result.detections)) + "\n")
+        # strict JSON (a score of an image without predictions is undefined: null, not NaN)
+        atomic_write_text(detections, json.dumps(json_safe(plain(result.detections)), allow_nan=False) + "\n")
 
 
 __all__ = [
