@@ -73,7 +73,9 @@ def test_list_shows_every_packaged_model_with_its_licence(run_cli) -> None:
     models = _models(run_cli)
     assert set(models) == set(packaged_cards())
     assert "CC BY-NC-SA 4.0" in models["hovernet_fast-pannuke"]["licence"]
-    assert not any(row["cached"] for row in models.values())
+    assert not any(row["cached"] for row in models.values() if not row["packaged"])
+    assert {name for name, row in models.items() if row["packaged"]} == {"cyclegan-demo", "hovernet-demo"}
+    assert all(row["cached"] for row in models.values() if row["packaged"])  # shipped with histostain
 
 
 def test_a_file_url_model_downloads_end_to_end_then_path_info_verify(

@@ -53,11 +53,26 @@ def human_size(size: int | None) -> str:
 
 
 def _cache_state(card: ModelCard, home: Path) -> dict[str, Any]:
-    """Whether ``card`` is cached, where, and its record (a damaged record is reported, not raised)."""
+    """Whether ``card`` is cached, where, and its record (a damaged record is reported, not raised). A packaged
+    model counts as cached: its file is the one shipped with histostain (``packaged``: true, no record)."""
     from histostain.weights.cache import cache_size, cached_path, is_cached, read_record
 
+    packaged = card.packaged_path()
+    if packaged is not None:
+        present = packaged.is_file()
+        entry = {"cached": present, "packaged": True, "path": str(packaged), "record": None}
+        entry["size_bytes"] = packaged.stat().st_size if present else None
+        if not present:
+            entry["problem"] = f"the packaged file {packaged} is missing (reinstall histostain)"
+        return entry
+
     cached = is_cached(card, home)
-    entry: dict[str, Any] = {"cached": cached, "path": str(cached_path(card, home)), "size_bytes": None}
+    entry: dict[str, Any] = {
+        "cached": cached,
+        "packaged": False,
+        "path": str(cached_path(card, home)),
+        "size_bytes": None,
+    }
     if cached:
         entry["size_bytes"] = cache_size(card, home)
         try:
@@ -74,7 +89,10 @@ def _cache_state(card: ModelCard, home: Path) -> dict[str, Any]:
 
 @weights_app.command("list", epilog="Example: histostain weights list --json")
 def list_command(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every model in the registry (histostain's and your own): name, task, cached or not, size and licence."""
+    """Every model in the registry (histostain's and your own): name, task, cached or not, size and licence.
+
+    Packaged models (the demo weights) ship inside histostain: always available, never downloaded.
+    """
     from rich.table import Table
 
     settings = _settings(ctx)
@@ -89,6 +107,7 @@ def list_command(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                 "task": card.task,
                 "arch": card.arch,
                 "cached": cache["cached"],
+                "packaged": cache["packaged"],
                 "size_bytes": cache["size_bytes"] if cache["cached"] else card.size_bytes,
                 "licence": card.licence,
                 "downloadable": card.downloadable,
@@ -104,7 +123,10 @@ def list_command(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
     table.add_column("licence", overflow="fold")
     for row in rows:
-        cached = "[green]yes[/green]" if row["cached"] else "no" if row["downloadable"] else "no (manual)"
+        if row["packaged"]:
+            cached = "[green]packaged[/green]" if row["cached"] else "[red]missing[/red]"
+        else:
+            cached = "[green]yes[/green]" if row["cached"] else "no" if row["downloadable"] else "no (manual)"
         size = human_size(row["size_bytes"]) if row["cached"] else "-"
         table.add_row(row["name"], row["task"], cached, size, row["licence"])
     print_table(table)
@@ -135,7 +157,10 @@ def info_command(ctx: typer.Context, name: NameArg, as_json: JsonOpt = False) ->
         ("geometry", ", ".join(f"{key}={value}" for key, value in shown.items()) or "-"),
         ("classes", ", ".join(f"{code}={label}" for code, label in enumerate(card.classes)) or "-"),
         ("file name", card.filename),
-        ("urls", "\n".join(card.urls) or "none (manual download)"),
+        (
+            "urls",
+            "\n".join(card.urls) or ("none (packaged with histostain)" if card.packaged else "none (manual download)"),
+        ),
         ("sha256", card.sha256 or (f"{card.sha256_prefix}... (published prefix)" if card.sha256_prefix else "-")),
         ("licence", card.licence),
         ("citation", card.citation or "-"),
@@ -147,7 +172,9 @@ def info_command(ctx: typer.Context, name: NameArg, as_json: JsonOpt = False) ->
         rows.append(("training run", card.run_dir))
     rows.append(("registry", card.source))
     record = cache.get("record")
-    if cache["cached"] and record:
+    if cache["packaged"]:
+        rows.append(("packaged", cache.get("problem") or f"{cache['path']} ({human_size(cache['size_bytes'])})"))
+    elif cache["cached"] and record:
         rows.append(("cached", f"{cache['path']} ({human_size(cache['size_bytes'])}, sha256 {record['sha256']})"))
         rows.append(("cached from", f"{record['source']} of {record['origin']} at {record['created']}"))
     else:
@@ -160,7 +187,7 @@ def info_command(ctx: typer.Context, name: NameArg, as_json: JsonOpt = False) ->
 
 @weights_app.command("path", epilog='Example: ls -l "$(histostain weights path fid-inception)"')
 def path_command(ctx: typer.Context, name: NameArg) -> None:
-    """Print the cached file of NAME (for scripts); exit 2 when it is not in the cache."""
+    """Print the cached file of NAME (a packaged model: its shipped file) for scripts; exit 2 when not cached."""
     from histostain.weights.resolve import cached_weights
 
     settings = _settings(ctx)
@@ -218,6 +245,14 @@ def download_command(
     failures: list[HistostainError] = []
     for card in cards:
         row: dict[str, Any] = {"name": card.name, "licence": card.licence}
+        if card.packaged is not None:
+            path = card.packaged_path()
+            present = path is not None and path.is_file()
+            status = "packaged with histostain (nothing to download)" if present else "packaged file missing"
+            rows.append({**row, "status": status, "path": str(path)})
+            if not present:
+                failures.append(WeightsError(f"{card.name}: the packaged file {path} is missing", hint="reinstall"))
+            continue
         if all_models and not card.urls:
             rows.append({**row, "status": "skipped: no direct URL (download by hand, then `weights import`)"})
             continue
@@ -306,6 +341,11 @@ def import_command(
 
     settings = _settings(ctx)
     registry = _registry(settings, missing_ok=True)
+    if name in registry and registry.cards[name].packaged is not None:
+        raise ConfigError(
+            f"{name} is packaged with histostain: there is nothing to import",
+            hint="register your own weights under another name (<arch>-<dataset>.<tag>)",
+        )
     result = import_model(registry, name, source, settings.home, user_registry=user_registry_path(settings))
     card, record = result.card, result.record
     if as_json:
@@ -338,7 +378,10 @@ def verify_command(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-hash cached models against the registry's digests and their cache records; exit 2 if any fails."""
+    """Re-hash cached models against the registry's digests and their cache records; exit 2 if any fails.
+
+    Packaged models (the demo weights) are checked against their cards' sha256 too.
+    """
     from histostain.weights.cache import cached_path, record_path, verify
 
     settings = _settings(ctx)
@@ -349,7 +392,8 @@ def verify_command(
         cards = [
             registry.cards[name]
             for name in registry.names()
-            if cached_path(registry.cards[name], settings.home).exists()
+            if registry.cards[name].packaged is not None
+            or cached_path(registry.cards[name], settings.home).exists()
             or record_path(registry.cards[name], settings.home).exists()
         ]
     results = []

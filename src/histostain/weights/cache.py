@@ -328,8 +328,11 @@ def verify(card: ModelCard, home: Path) -> tuple[bool, str]:
     """Re-hash the cached file; ``(ok, one-line message)``.
 
     The file must match the card's digest (sha256 or published prefix) when the card has one, and the digest
-    in its record in every case (the record is the only reference when the registry gives no digest).
+    in its record in every case (the record is the only reference when the registry gives no digest). A
+    packaged card's shipped file (no cache, no record) must match the card's sha256.
     """
+    if card.packaged is not None:
+        return _verify_packaged(card)
     path = cached_path(card, home)
     if not path.is_file():
         return False, f"{card.name}: not in the cache"
@@ -357,6 +360,19 @@ def verify(card: ModelCard, home: Path) -> tuple[bool, str]:
     against = {"sha256": "registry sha256", "sha256_prefix": "registry sha256 prefix", "recorded": "recorded sha256"}
     basis = against["sha256" if card.sha256 else "sha256_prefix" if card.sha256_prefix else "recorded"]
     return True, f"{card.name}: ok ({basis} {digest[:12]}..., {path.stat().st_size} bytes)"
+
+
+def _verify_packaged(card: ModelCard) -> tuple[bool, str]:
+    path = card.packaged_path()
+    assert path is not None
+    if not path.is_file():
+        return False, f"{card.name}: the packaged file {path} is missing (reinstall histostain)"
+    digest = sha256_file(path)
+    if card.matches_digest(digest) is False:
+        expected = expected_digest(card)
+        return False, f"{card.name}: checksum mismatch: expected sha256 {expected}, got {digest} (reinstall histostain)"
+    basis = "registry sha256" if card.sha256 else "registry sha256 prefix" if card.sha256_prefix else "no digest"
+    return True, f"{card.name}: ok, packaged ({basis} {digest[:12]}..., {path.stat().st_size} bytes)"
 
 
 __all__ = [

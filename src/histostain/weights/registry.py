@@ -3,7 +3,8 @@
 A card says what a weights file is (task, architecture and its arguments), how to feed it (patch in/out,
 margin, input scale in um/px), what it answers (class names; colours come from the shared palette), where it
 comes from (direct URLs, sha256 or its published prefix, or a manual-download note where the publisher gives
-no direct URL), and under which terms (licence, citation, intended use). The packaged entries live in
+no direct URL; or ``packaged``: a file shipped inside this package, such as the demo weights, used in place and
+never downloaded), and under which terms (licence, citation, intended use). The packaged entries live in
 ``models.toml`` beside this module; a lab adds its own in a TOML file of the same shape, named by
 ``HISTOSTAIN_REGISTRY`` or by ``registry = "FILE"`` in the settings file. A user entry may not reuse a packaged
 name (so ``hovernet_fast-pannuke`` always means the published model).
@@ -58,6 +59,7 @@ class ModelCard(BaseModel):
     citation: str = ""
     intended_use: str = ""
     manual_download: str | None = None
+    packaged: str | None = None  # a file shipped in the histostain.weights package (e.g. "demo/hovernet-demo.pt")
     source: str = "histostain"  # "histostain" (packaged) or the user registry file it came from
     run_dir: str | None = None  # a training run registered with `weights import NAME RUN_DIR`
 
@@ -75,6 +77,16 @@ class ModelCard(BaseModel):
     def _check_filename(cls, value: str) -> str:
         if not value or Path(value).name != value or value in (".", ".."):
             raise ValueError("must be a plain file name (no folders)")
+        return value
+
+    @field_validator("packaged")
+    @classmethod
+    def _check_packaged(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.split("/")
+        if not value or value.startswith("/") or "\\" in value or any(part in ("", ".", "..") for part in parts):
+            raise ValueError("must be a relative path inside the histostain.weights package (e.g. demo/x.pt)")
         return value
 
     @field_validator("urls")
@@ -100,6 +112,11 @@ class ModelCard(BaseModel):
             raise ValueError(f"vocabulary {self.vocabulary!r}: unknown (known: {', '.join(VOCABULARIES)})")
         if self.vocabulary is not None and self.class_names:
             raise ValueError("give class_names or vocabulary, not both")
+        if self.packaged is not None:
+            if self.urls:
+                raise ValueError("a packaged model has no download URLs")
+            if Path(self.packaged).name != self.filename:
+                raise ValueError(f"filename must be the packaged file's name ({Path(self.packaged).name})")
         return self
 
     # ------------------------------------------------------------------------------------------ derived facts
@@ -133,6 +150,13 @@ class ModelCard(BaseModel):
     @property
     def downloadable(self) -> bool:
         return bool(self.urls)
+
+    def packaged_path(self) -> Path | None:
+        """The shipped file of a ``packaged`` card (inside the installed ``histostain.weights`` package), else
+        None. The path is returned whether or not the file exists (a broken install is the caller's error)."""
+        if self.packaged is None:
+            return None
+        return Path(str(resources.files("histostain.weights").joinpath(*self.packaged.split("/"))))
 
     def matches_digest(self, digest: str) -> bool | None:
         """Whether a file's sha256 is this card's (None when the card knows neither the digest nor a prefix)."""
@@ -187,6 +211,11 @@ def _parse(data: Mapping[str, Any], origin: str) -> dict[str, ModelCard]:
     for name, entry in models.items():
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{origin}: models.{name} must be a table")
+        if origin != "histostain" and "packaged" in entry:
+            raise ConfigError(
+                f"{origin}: models.{name}: packaged is only for models shipped with histostain",
+                hint="give urls, or register the file with `histostain weights import`",
+            )
         try:
             cards[name] = ModelCard(name=name, source=origin, **entry)
         except ValidationError as exc:

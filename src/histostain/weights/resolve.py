@@ -9,7 +9,9 @@ that says how to use it (geometry, scale, class names, licence):
 3. anything else is a **registry name**: the cached file, after checking that it is complete (its size against
    its cache record). A model that is not cached yet is downloaded (checksummed) unless histostain is offline
    (``HISTOSTAIN_OFFLINE=1`` or ``offline = true`` in the settings), which is a one-line error giving the URL and
-   the ``weights import`` command.
+   the ``weights import`` command. A **packaged** model (a card with ``packaged``, such as the demo weights
+   ``cyclegan-demo`` and ``hovernet-demo``) is the file shipped inside the package: never downloaded, never
+   cached, available offline.
 
 A model of another task (a CycleGAN name given to ``segment``) is a one-line error listing the right models.
 
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from histostain.settings import ResolvedSettings, Settings
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # demo models whose "not for real tissue" warning this process has shown
 
 TASK_USERS = {"segmentation": "segment", "translation": "translate", "fid": "evaluate fid|kid"}
 # suffixes of weights files: a missing path with one of them is a missing file, not an unknown model name
@@ -85,12 +88,28 @@ def open_registry(settings: Settings | ResolvedSettings | None = None, *, missin
     return Registry(load_registry().cards, path)
 
 
+def packaged_weights(card: ModelCard) -> Path:
+    """The file shipped with histostain for a ``packaged`` card; a missing file (a broken install) is an error."""
+    path = card.packaged_path()
+    if path is None:
+        raise WeightsError(f"{card.name} is not a packaged model")
+    if not path.is_file():
+        raise WeightsError(
+            f"{card.name} is packaged with histostain but its file is missing: {path}",
+            hint="reinstall histostain (the package data was not installed)",
+        )
+    return path
+
+
 def cached_weights(card: ModelCard, home: Path) -> Path | None:
-    """The cached file of ``card`` when it is complete (file present, size as recorded), else None.
+    """The cached file of ``card`` when it is complete (file present, size as recorded), else None; for a
+    packaged card, the shipped file (:func:`packaged_weights`).
 
     A damaged cache entry (size differs from its record, unreadable record) is a one-line error: `weights
     verify` re-hashes, this check only costs a stat.
     """
+    if card.packaged is not None:
+        return packaged_weights(card)
     path = cached_path(card, home)
     record = read_record(card, home)
     if record is None or not path.is_file():
@@ -155,6 +174,13 @@ def resolve_weights(
             ) from None
     card = registry.get(text)
     _check_task(card, task, registry, card.name)
+    if card.packaged is not None:
+        path = packaged_weights(card)
+        log.info("model %s: %s (packaged with histostain; licence: %s)", card.name, path, card.licence)
+        if card.intended_use.startswith("DEMO") and card.name not in _WARNED:
+            _WARNED.add(card.name)  # once per process: `histostain demo` uses the same model in several runs
+            log.warning("%s: %s", card.name, card.intended_use)
+        return ResolvedWeights(path, card, "registry")
     cached = cached_weights(card, plain.home)
     if cached is None:
         from histostain.weights.download import download
@@ -171,6 +197,7 @@ __all__ = [
     "ResolvedWeights",
     "cached_weights",
     "open_registry",
+    "packaged_weights",
     "resolve_weights",
     "user_registry_path",
 ]
