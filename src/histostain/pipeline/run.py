@@ -212,6 +212,7 @@ def run_pipeline(
             result.meta.update(mpp=mpp, true_source=truth.source, warnings=warnings)
             atomic_write_text(plan.out_dir / f"metrics{suffix}.json", json.dumps(result.to_json(), indent=2) + "\n")
             metrics = dict(result.summary)
+    del records  # the report reads the detections again, one file at a time: never two copies in memory
     report_path = None
     if shard.num_parts == 1:
         from histostain.pipeline.report import write_report
