@@ -55,7 +55,7 @@ class PipelineConfig(BaseModel):
     report_samples: int = Field(DEFAULT_SAMPLES, ge=0)
     # batch
     recursive: bool = False
-    overlap_stages: bool | None = None  # None: auto (on a GPU, or a CPU with 4+ cores)
+    overlap_stages: bool = True  # translate the next image while this one is segmented
 
     @field_validator("formats")
     @classmethod

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,14 +135,6 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
-def overlap_stages(config: PipelineConfig, device: DeviceManager) -> bool:
-    """Translate the next image while this one is segmented? Asked for, or auto: on a GPU, or on a CPU with 4+
-    cores (on 2 cores both stages already use every core: overlapping them only adds contention)."""
-    if config.overlap_stages is not None:
-        return config.overlap_stages
-    return device.plan.kind != "cpu" or (os.cpu_count() or 1) >= 4
-
-
 def run_pipeline(
     config: PipelineConfig,
     *,
@@ -190,7 +181,7 @@ def run_pipeline(
     step = PipelineStep(
         translator, segmenter, formats=formats, keep_translated=config.keep_translated, input_mpp=mpp,
         ground_truth=truth, radius_px=radius_px, radius_um=config.radius_um if truth is not None else None,
-        overlap_stages=overlap_stages(config, manager),
+        overlap_stages=config.overlap_stages,
     )  # fmt: skip
     batch = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
     config_path = write_config(config, plan.out_dir)  # after the run record's check of earlier settings
