@@ -67,6 +67,24 @@ PartIdOpt = Annotated[
     int | None,
     typer.Option("--part-id", help="The shard this process runs, 0 .. N-1.", show_default="from the scheduler, else 0"),
 ]
+RoiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--roi",
+        metavar="X,Y,W,H",
+        help="Slides: process only this rectangle (level-0 pixels; outputs keep slide coordinates).",
+        show_default="the whole slide",
+    ),
+]
+TissueMaskOpt = Annotated[
+    str,
+    typer.Option(
+        "--tissue-mask",
+        metavar="PNG|auto|none",
+        help="Slides: where the tissue is: auto (detected on a low level; glass is skipped), none, or a PNG"
+        " mask of the whole slide (nonzero = tissue, any size, same proportions).",
+    ),
+]
 FormatOpt = Annotated[str, typer.Option("--format", help="Image output format: png | tif.")]
 TileOpt = Annotated[int, typer.Option("--tile", help="Largest tile side in pixels; larger images are tiled.")]
 OverlapOpt = Annotated[int, typer.Option("--overlap", help="Minimum pixels shared by neighbouring tiles.")]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -16,11 +17,18 @@ from histostain.cli.options import (
     OverwriteOpt,
     PartIdOpt,
     RecursiveOpt,
+    RoiOpt,
+    TissueMaskOpt,
     weights_file,
 )
 
-EXAMPLE = "Example: histostain segment tiles/ -o nuclei/ --stain ihc --mpp 0.5   (no weights: the classical model)"
+EXAMPLE = (
+    "Example: histostain segment tiles/ -o nuclei/ --stain ihc --mpp 0.5   (no weights: the classical model)\n"
+    "         histostain segment slide.svs -o nuclei/   (a whole slide: slide.geojson.gz for QuPath)"
+)
 FORMAT_NAMES = "json,geojson,tif,png,txt"
+SLIDE_FORMAT_NAMES = "geojson,csv,json,png"  # slide_segment.SLIDE_FORMATS (not imported: --help stays light)
+DEFAULT_SLIDE_FORMAT_NAMES = "geojson,csv,png"
 
 
 def _thresholds(text: str) -> tuple[float, float, float]:
@@ -35,6 +43,20 @@ def _thresholds(text: str) -> tuple[float, float, float]:
             f"--positivity {text}: expected three increasing, non-negative DAB OD thresholds for 1+, 2+, 3+",
             hint="e.g. --positivity 0.2,0.4,0.6 (the defaults)",
         ) from None
+
+
+def _slide_row(slide: dict[str, Any]) -> str:
+    """One slide's line of the summary table."""
+    if slide["skipped"]:
+        return "already done (skipped)"
+    width, height = slide["size"]
+    parts = [f"{width} x {height} px", f"{slide['nuclei']} nuclei", f"{slide['chunks']} chunks"]
+    if slide["glass"]:
+        parts.append(f"{slide['glass']} glass")
+    if slide["resumed"]:
+        parts.append(f"{slide['resumed']} resumed")
+    parts.append(f"{slide['seconds']:.1f} s")
+    return ", ".join(parts)
 
 
 def segment(
@@ -71,8 +93,14 @@ def segment(
         ),
     ] = None,
     formats: Annotated[
-        str, typer.Option("--formats", metavar="LIST", help=f"Comma-separated outputs: {FORMAT_NAMES}.")
-    ] = FORMAT_NAMES,
+        str | None,
+        typer.Option(
+            "--formats",
+            metavar="LIST",
+            help=f"Comma-separated outputs: {FORMAT_NAMES} for images; {SLIDE_FORMAT_NAMES} for whole slides.",
+            show_default=f"images: all; slides: {DEFAULT_SLIDE_FORMAT_NAMES}",
+        ),
+    ] = None,
     dab: Annotated[
         str,
         typer.Option(
@@ -88,6 +116,14 @@ def segment(
     chunk_size: Annotated[
         int, typer.Option("--chunk-size", help="Larger images are segmented in chunks of this side (bounds memory).")
     ] = 2048,
+    roi: RoiOpt = None,
+    tissue_mask: TissueMaskOpt = "auto",
+    gzip_geojson: Annotated[
+        bool,
+        typer.Option(
+            "--gzip/--no-gzip", help="Slides: gzip the GeoJSON (.geojson.gz: QuPath 0.4+; --no-gzip for QuPath 0.3)."
+        ),
+    ] = True,
     batch_size: BatchSizeOpt = 8,
     compile_mode: Annotated[
         str,
@@ -126,7 +162,10 @@ def segment(
         device=state(ctx).device_manager(exact_cpu=True) if chosen_model == "hovernet" else None,
         stain=stain.lower(),
         mpp=mpp,
-        formats=[name.strip().lower() for name in formats.split(",") if name.strip()],
+        formats=None if formats is None else [name.strip().lower() for name in formats.split(",") if name.strip()],
+        roi=roi,
+        tissue_mask=tissue_mask,
+        gzip_geojson=gzip_geojson,
         positivity=_thresholds(positivity),
         batch_size=batch_size,
         chunk=chunk_size,
@@ -161,6 +200,8 @@ def segment(
         for key, label in (("mean_positive_percent", "mean positive %"), ("mean_h_score", "mean H-score")):
             if key in report.totals:
                 rows.append((label, f"{report.totals[key]:.1f}"))
+        for slide in report.slides:
+            rows.append((f"slide {Path(slide['path']).name}", _slide_row(slide)))
         rows += [
             ("seconds", f"{report.seconds:.2f}"),
             ("images/s", f"{report.images_per_second:.2f}"),

@@ -58,6 +58,7 @@ SUFFIXES: dict[str, str] = {
 TIFF_PAGES: tuple[str, ...] = ("instance", "type")  # PageName of page 0 and (typed models) page 1
 SUMMARY_COLUMNS: tuple[str, ...] = ("image", "nuclei")  # always first; the rest follow the rows
 AREA_UM2, AREA_PX = "mean_area_um2", "mean_area_px"
+ROW_SUFFIX = ".summary.jsonl"  # an image's summary row; not an annotation suffix, so `evaluate celldet` skips it
 
 PathLike = str | os.PathLike[str]
 
@@ -245,6 +246,7 @@ __all__ = [
     "AREA_PX",
     "AREA_UM2",
     "FORMATS",
+    "ROW_SUFFIX",
     "SUFFIXES",
     "TIFF_PAGES",
     "check_formats",

@@ -201,7 +201,8 @@ class HoVerNetSegmenter:
                 self._pool = None
 
     # ------------------------------------------------------------------------------------------- segmenting
-    def _region(self, rgb: np.ndarray) -> Nuclei:
+    def segment_region(self, rgb: np.ndarray) -> Nuclei:
+        """One region whole, with no chunking (for callers that cut their own chunks: slides)."""
         from histostain.segmentation.postprocess import instances_from_hovernet_maps
 
         maps = self.predictor.maps(rgb)
@@ -217,7 +218,7 @@ class HoVerNetSegmenter:
         height, width = rgb.shape[:2]
         pool = self._pool
         if pool is None or (height <= self.chunk and width <= self.chunk):
-            region = self._region
+            region = self.segment_region
         else:
             # the chunks come in plan_chunks' order: infer chunk k + 1 while a worker post-processes chunk k
             from histostain.segmentation.chunks import plan_chunks

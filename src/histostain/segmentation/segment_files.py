@@ -22,13 +22,15 @@ import numpy as np
 from histostain.errors import ConfigError, InputError
 from histostain.io.atomic import atomic_write_text
 from histostain.io.batch import BatchItem, BatchReport, ImageStep, Sink, outputs_with, plan_batch, run_batch
-from histostain.io.sharding import shard_device
+from histostain.io.sharding import resolve_shard, shard_device
 from histostain.provenance import Provenance, plain
 from histostain.runtime.device import DeviceManager
 from histostain.segmentation.chunks import DEFAULT_CHUNK, check_chunk
 from histostain.segmentation.inference import COMPILE_CHOICES
 from histostain.segmentation.nuclei import Nuclei
+from histostain.segmentation.outputs import ROW_SUFFIX
 from histostain.segmentation.segment import Segmenter, build_segmenter, segment_at_scale
+from histostain.segmentation.slide_segment import segment_slide
 
 if TYPE_CHECKING:
     from histostain.settings import ResolvedSettings, Settings
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMMAND = "segment"
-ROW_SUFFIX = ".summary.jsonl"  # not an annotation suffix, so `evaluate celldet` on the folder ignores it
 SUMMARY_NAME = "summary.csv"
 
 
@@ -58,6 +59,7 @@ class SegmentReport:
     summary: str = ""
     shard: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, Any] = field(default_factory=dict)
+    slides: list[dict[str, Any]] = field(default_factory=list)  # one SlideSegmentReport per whole slide
 
     @property
     def images_per_second(self) -> float:
@@ -202,6 +204,9 @@ def segment_paths(
     dab: str = "nuclear",
     settings: Settings | ResolvedSettings | None = None,
     segmenter: Segmenter | None = None,
+    roi: str | None = None,
+    tissue_mask: str | None = "auto",
+    gzip_geojson: bool = True,
 ) -> SegmentReport:
     """The ``segment`` command: check inputs and options, build the segmenter, run the batch engine, summarise.
 
@@ -211,13 +216,19 @@ def segment_paths(
     ``compile`` and ``postprocess_workers`` are HoVer-Net speed options (``HoVerNetSegmenter``). A library caller
     that segments several folders with one model may pass a ready ``segmenter`` (its network stays compiled);
     ``model``, ``weights``, ``device`` and the options that build one are then not used.
-    """
-    from histostain.segmentation.outputs import FORMATS, output_suffixes, write_summary_csv
 
-    chosen = tuple(formats) if formats else FORMATS
-    unknown = [name for name in chosen if name not in FORMATS]
+    Whole-slide inputs (``io.slide_regions.split_slide_inputs``) are segmented one by one by
+    ``segmentation.slide_segment`` (``roi``, ``tissue_mask`` and ``gzip_geojson`` apply to them; ``mpp`` is then
+    the slides' level-0 um/px, overriding their metadata); every other input goes through the batch engine.
+    """
+    from histostain.io.slide_regions import parse_roi, split_slide_inputs
+    from histostain.segmentation.outputs import FORMATS, output_suffixes, write_summary_csv
+    from histostain.segmentation.slide_segment import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
+
+    known = (*FORMATS, *[name for name in SLIDE_FORMATS if name not in FORMATS])
+    unknown = [name for name in formats or () if name not in known]
     if unknown:
-        raise InputError(f"--formats {','.join(unknown)}: unknown format", hint=f"use some of {','.join(FORMATS)}")
+        raise InputError(f"--formats {','.join(unknown)}: unknown format", hint=f"use some of {','.join(known)}")
     if mpp is not None and not mpp > 0:
         raise InputError(f"--mpp {mpp}: must be a positive number of micrometres per pixel")
     check_chunk(chunk)
@@ -225,41 +236,73 @@ def segment_paths(
         raise ConfigError(f"--compile {compile}: unknown choice", hint=f"use one of {', '.join(COMPILE_CHOICES)}")
     if postprocess_workers is not None and postprocess_workers < 0:
         raise ConfigError(f"--postprocess-workers {postprocess_workers}: must be 0 or more")
-    outputs = outputs_with(*output_suffixes(chosen), ROW_SUFFIX)
-    plan = plan_batch(
-        inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
-    )
+    region = parse_roi(roi)
+    slides, image_inputs = split_slide_inputs(inputs, recursive)
+    if not slides and (region is not None or tissue_mask not in (None, "auto")):
+        raise InputError("--roi and --tissue-mask apply to whole slides only, and no input is a slide")
+    chosen = tuple(name for name in formats if name in FORMATS) if formats else FORMATS
+    slide_formats = tuple(name for name in formats if name in SLIDE_FORMATS) if formats else DEFAULT_SLIDE_FORMATS
+    plan = None
+    if image_inputs or not slides:
+        if not chosen:
+            raise InputError(f"--formats {','.join(formats or ())}: none of them is an image output")
+        outputs = outputs_with(*output_suffixes(chosen), ROW_SUFFIX)
+        plan = plan_batch(
+            image_inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
+        )
+        shard = plan.shard
+    else:
+        if not slide_formats:
+            raise InputError(f"--formats {','.join(formats or ())}: none of them is a slide output")
+        shard = resolve_shard(num_parts, part_id)
     if segmenter is None:
-        manager = shard_device(device if device is not None else DeviceManager.create(), plan.shard)
+        manager = shard_device(device if device is not None else DeviceManager.create(), shard)
         segmenter = build_segmenter(
             model, weights=weights, device=manager, stain=stain, mpp=mpp, batch_size=batch_size, chunk=chunk,
             positivity=positivity, compile=compile, postprocess_workers=postprocess_workers, dab=dab,
             settings=settings,
         )  # fmt: skip
-    announce_run(segmenter, [item for item in plan.items if overwrite or not item.done()], mpp)
-    step = SegmentStep(segmenter, chosen, mpp)
-    batch: BatchReport = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
-    rows = collect_summary(plan.out_dir, [item.key for item in plan.items])
-    shard = plan.shard
-    name = SUMMARY_NAME if shard.num_parts == 1 else f"summary.part-{shard.part_id}-of-{shard.num_parts}.csv"
-    summary_path = plan.out_dir / name
-    write_summary_csv(rows, summary_path)
-    return SegmentReport(
-        inputs=batch.inputs,
-        segmented=batch.done,
-        skipped=batch.skipped,
-        failed=list(batch.failed),
-        nuclei=step.nuclei,
-        seconds=batch.seconds,
+    report = SegmentReport(
         model=segmenter.kind,
         weights_model=(getattr(segmenter, "model_record", None) or {}).get("name"),
         licence=getattr(segmenter, "licence", None),
-        out_dir=batch.out_dir,
-        record=batch.record,
-        summary=str(summary_path),
-        shard=batch.shard.to_dict(),
-        totals=_totals(rows),
+        shard=shard.to_dict(),
     )
+    keys: list[str] = []
+    if plan is not None:
+        announce_run(segmenter, [item for item in plan.items if overwrite or not item.done()], mpp)
+        step = SegmentStep(segmenter, chosen, mpp)
+        batch: BatchReport = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
+        keys += [str(item.key) for item in plan.items]
+        report.inputs, report.segmented, report.skipped = batch.inputs, batch.done, batch.skipped
+        report.failed, report.nuclei, report.seconds = list(batch.failed), step.nuclei, batch.seconds
+        report.out_dir, report.record = batch.out_dir, batch.record
+    out = Path(out_dir)
+    for slide in shard.select(slides):
+        report.inputs += 1
+        try:
+            done = segment_slide(
+                slide, out, segmenter, mpp=mpp, roi=region, tissue=tissue_mask, chunk=chunk,
+                formats=slide_formats, gzip_geojson=gzip_geojson, overwrite=overwrite, provenance=provenance,
+            )  # fmt: skip
+        except InputError as error:
+            report.failed.append((str(slide), str(error)))
+            log.error("%s: %s", slide, error)
+            continue
+        keys.append(slide.name.split(".")[0])
+        report.slides.append(done.to_dict())
+        report.skipped += int(done.skipped)
+        report.segmented += int(not done.skipped)
+        report.nuclei += done.nuclei
+        report.seconds += done.seconds
+    report.out_dir = report.out_dir or str(out.resolve())
+    rows = collect_summary(out, keys)
+    name = SUMMARY_NAME if shard.num_parts == 1 else f"summary.part-{shard.part_id}-of-{shard.num_parts}.csv"
+    summary_path = out / name
+    write_summary_csv(rows, summary_path)
+    report.summary = str(summary_path)
+    report.totals = _totals(rows)
+    return report
 
 
 def _totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
