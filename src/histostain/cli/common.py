@@ -140,3 +140,17 @@ def print_summary(title: str, rows: list[tuple[str, str]], header: bool = True) 
     for name, value in rows:
         table.add_row(name, value)
     print_table(table)
+
+
+def slide_line(slide: dict[str, Any]) -> str:
+    """One whole slide's line of a summary table (``SlideSegmentReport.to_dict()``)."""
+    if slide["skipped"]:
+        return "already done (skipped)"
+    width, height = slide["size"]
+    parts = [f"{width} x {height} px", f"{slide['nuclei']} nuclei", f"{slide['chunks']} chunks"]
+    if slide["glass"]:
+        parts.append(f"{slide['glass']} glass")
+    if slide["resumed"]:
+        parts.append(f"{slide['resumed']} resumed")
+    parts.append(f"{slide['seconds']:.1f} s")
+    return ", ".join(parts)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from histostain.cli.common import print_json, print_summary, provenance, state
+from histostain.cli.common import print_json, print_summary, provenance, slide_line, state
 from histostain.cli.options import JsonOpt, NumPartsOpt, OverwriteOpt, PartIdOpt
 from histostain.io.defaults import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 from histostain.pipeline.config import DEFAULT_CHUNK, DEFAULT_RADIUS_UM, DEFAULT_SAMPLES, FORMAT_NAMES
@@ -43,6 +43,12 @@ def _positivity(text: str | None) -> tuple[float, float, float] | None:
     if len(values) != 3:
         raise ConfigError(f"--positivity {text}: expected three numbers T1,T2,T3", hint="e.g. 0.2,0.4,0.6")
     return values  # type: ignore[return-value]
+
+
+def _no_report(slides: list[dict]) -> str:
+    if slides:
+        return "none for whole slides: see nuclei/<slide>_overview.png"
+    return "(written by the run without --num-parts)"
 
 
 def pipeline(
@@ -149,6 +155,21 @@ def pipeline(
     chunk_size: Annotated[
         int | None, _option("--chunk-size", help="Larger images are segmented in chunks.", default=str(DEFAULT_CHUNK))
     ] = None,
+    roi: Annotated[
+        str | None,
+        _option(
+            "--roi", help="Slides: process this rectangle only (level-0 px).", default="whole slide", metavar="X,Y,W,H"
+        ),
+    ] = None,
+    tissue_mask: Annotated[
+        str | None,
+        _option(
+            "--tissue-mask",
+            help="Slides: auto | none | a PNG mask (nonzero = tissue).",
+            default="auto",
+            metavar="PNG|auto|none",
+        ),
+    ] = None,  # fmt: skip
     report_samples: Annotated[
         int | None, _option("--report-samples", help="Tiles shown in report.html.", default=str(DEFAULT_SAMPLES))
     ] = None,
@@ -178,7 +199,8 @@ def pipeline(
         "keep_translated": keep_translated, "segmenter": segmenter, "segmenter_weights": segmenter_weights,
         "stain": stain, "dab": dab, "positivity": _positivity(positivity), "mpp": mpp, "ground_truth": ground_truth,
         "split": split, "radius_um": radius_um, "tile": tile, "overlap": overlap, "batch_size": batch_size,
-        "chunk_size": chunk_size, "report_samples": report_samples, "recursive": recursive,
+        "chunk_size": chunk_size, "report_samples": report_samples, "recursive": recursive, "roi": roi,
+        "tissue_mask": tissue_mask,
         "overlap_stages": overlap_stages, "formats": None if formats is None else formats.split(","),
     }  # fmt: skip
     resolved = resolve_config(overrides, config)
@@ -202,6 +224,8 @@ def pipeline(
             ("failed", str(len(report.failed))),
             ("nuclei (all images)", str(report.totals.get("nuclei", 0))),
         ]
+        for slide in report.slides:
+            rows.append((f"slide {Path(slide['path']).name}", slide_line(slide)))
         for key, label in (("mean_positive_percent", "mean positive %"), ("mean_h_score", "mean H-score")):
             if key in report.totals:
                 rows.append((label, f"{report.totals[key]:.1f}"))
@@ -216,7 +240,7 @@ def pipeline(
             )
         rows += [
             ("seconds", f"{report.seconds:.1f} ({report.images_per_second:.2f} images/s)"),
-            ("report", report.report or "(written by the run without --num-parts)"),
+            ("report", report.report or _no_report(report.slides)),
             ("summary", report.summary),
         ]
         print_summary(f"histostain pipeline -> {report.out_dir}", rows)

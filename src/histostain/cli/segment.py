@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from histostain.cli.common import print_json, print_summary, provenance, state
+from histostain.cli.common import print_json, print_summary, provenance, slide_line, state
 from histostain.cli.options import (
     BatchSizeOpt,
     InputsArg,
@@ -43,20 +43,6 @@ def _thresholds(text: str) -> tuple[float, float, float]:
             f"--positivity {text}: expected three increasing, non-negative DAB OD thresholds for 1+, 2+, 3+",
             hint="e.g. --positivity 0.2,0.4,0.6 (the defaults)",
         ) from None
-
-
-def _slide_row(slide: dict[str, Any]) -> str:
-    """One slide's line of the summary table."""
-    if slide["skipped"]:
-        return "already done (skipped)"
-    width, height = slide["size"]
-    parts = [f"{width} x {height} px", f"{slide['nuclei']} nuclei", f"{slide['chunks']} chunks"]
-    if slide["glass"]:
-        parts.append(f"{slide['glass']} glass")
-    if slide["resumed"]:
-        parts.append(f"{slide['resumed']} resumed")
-    parts.append(f"{slide['seconds']:.1f} s")
-    return ", ".join(parts)
 
 
 def segment(
@@ -201,13 +187,14 @@ def segment(
             if key in report.totals:
                 rows.append((label, f"{report.totals[key]:.1f}"))
         for slide in report.slides:
-            rows.append((f"slide {Path(slide['path']).name}", _slide_row(slide)))
+            rows.append((f"slide {Path(slide['path']).name}", slide_line(slide)))
         rows += [
             ("seconds", f"{report.seconds:.2f}"),
             ("images/s", f"{report.images_per_second:.2f}"),
             ("summary", report.summary),
-            ("record", report.record),
         ]
+        if report.record:
+            rows.append(("record", report.record))
         print_summary(f"histostain segment -> {out}", rows)
     if report.failed:
         _, first_error = report.failed[0]

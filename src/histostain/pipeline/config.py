@@ -46,6 +46,8 @@ class PipelineConfig(BaseModel):
     positivity: tuple[float, float, float] = (0.2, 0.4, 0.6)
     mpp: float | None = Field(None, gt=0)
     chunk_size: int = Field(DEFAULT_CHUNK, ge=256)
+    roi: str | None = None  # whole slides: x,y,w,h in level-0 pixels
+    tissue_mask: str = "auto"  # whole slides: auto | none | a PNG
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
     formats: list[str] = Field(default_factory=lambda: list(FORMAT_NAMES))
     # scoring and report

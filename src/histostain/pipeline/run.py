@@ -21,7 +21,7 @@ from histostain.io.batch import BatchItem, plan_batch, run_batch
 from histostain.io.sharding import shard_device
 from histostain.metrics.detection import DetectionScorer, ImagePoints
 from histostain.pipeline.config import PipelineConfig, write_config
-from histostain.pipeline.step import PipelineStep, pipeline_outputs
+from histostain.pipeline.step import NUCLEI, PipelineStep, pipeline_outputs
 from histostain.provenance import Provenance
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class PipelineReport:
     summary: str = ""
     report: str | None = None
     warnings: list[str] = field(default_factory=list)
+    slides: list[dict[str, Any]] = field(default_factory=list)  # one SlideSegmentReport per whole slide
 
     @property
     def images_per_second(self) -> float:
@@ -154,15 +155,29 @@ def run_pipeline(
 
     config.check_ready()
     assert config.out is not None
+    from histostain.io.slide_regions import parse_roi, split_slide_inputs
+
+    roi = parse_roi(config.roi)
+    slides, image_inputs = split_slide_inputs(config.input, config.recursive)
+    if not slides and (roi is not None or config.tissue_mask != "auto"):
+        raise InputError("--roi and --tissue-mask apply to whole slides only, and no input is a slide")
     formats = tuple(config.formats)
-    outputs = pipeline_outputs(output_suffixes(formats), config.keep_translated and config.translates)
-    plan = plan_batch(
-        config.input, config.out, outputs, command=COMMAND, recursive=config.recursive,
-        num_parts=num_parts, part_id=part_id,
-    )  # fmt: skip
+    plan = None
+    if image_inputs or not slides:
+        outputs = pipeline_outputs(output_suffixes(formats), config.keep_translated and config.translates)
+        plan = plan_batch(
+            image_inputs, config.out, outputs, command=COMMAND, recursive=config.recursive,
+            num_parts=num_parts, part_id=part_id,
+        )  # fmt: skip
+        shard, out_dir = plan.shard, plan.out_dir
+    else:
+        from histostain.io.sharding import resolve_shard
+        from histostain.io.writable import check_output_folder as writable_folder
+
+        shard, out_dir = resolve_shard(num_parts, part_id), writable_folder(config.out, "--out")
     truth = GroundTruth.open(config.ground_truth, config.split) if config.ground_truth is not None else None
     mpp, radius_px = _radius(config, truth)
-    manager = shard_device(device if device is not None else DeviceManager.create(exact_cpu=True), plan.shard)
+    manager = shard_device(device if device is not None else DeviceManager.create(exact_cpu=True), shard)
     translator = None
     if config.translates:
         from histostain.translation.translate import load_translator
@@ -177,20 +192,25 @@ def run_pipeline(
         mpp=mpp, batch_size=config.batch_size, chunk=config.chunk_size, positivity=config.positivity,
         dab=config.dab, settings=settings,
     )  # fmt: skip
-    announce_run(segmenter, [item for item in plan.items if overwrite or not item.done()], mpp)
     step = PipelineStep(
         translator, segmenter, formats=formats, keep_translated=config.keep_translated, input_mpp=mpp,
         ground_truth=truth, radius_px=radius_px, radius_um=config.radius_um if truth is not None else None,
         overlap_stages=config.overlap_stages,
     )  # fmt: skip
-    batch = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
-    config_path = write_config(config, plan.out_dir)  # after the run record's check of earlier settings
+    batch = None
+    if plan is not None:
+        announce_run(segmenter, [item for item in plan.items if overwrite or not item.done()], mpp)
+        batch = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
+    slide_reports, slide_rows, slide_failed = run_slides(
+        shard.select(slides), out_dir, config, translator, segmenter, step,
+        overwrite=overwrite, provenance=provenance, roi=roi,
+    )  # fmt: skip
+    config_path = write_config(config, out_dir)  # after the run record's check of earlier settings
 
-    records = collect_detections(plan.items)
-    rows = [record["row"] for record in records]
-    shard = plan.shard
+    records = collect_detections(plan.items) if plan is not None else []
+    rows = [record["row"] for record in records] + slide_rows
     suffix = "" if shard.num_parts == 1 else f".part-{shard.part_id}-of-{shard.num_parts}"
-    summary_path = plan.out_dir / f"summary{suffix}.csv"
+    summary_path = out_dir / f"summary{suffix}.csv"
     write_summary_csv(rows, summary_path)
     warnings = list(truth.warnings) if truth is not None else []
     without = [r["key"] for r in records if r.get("true") is None] if truth is not None else []
@@ -201,25 +221,25 @@ def run_pipeline(
         result = score_detections(records, radius_px, config.radius_um)
         if result is not None:
             result.meta.update(mpp=mpp, true_source=truth.source, warnings=warnings)
-            atomic_write_text(plan.out_dir / f"metrics{suffix}.json", json.dumps(result.to_json(), indent=2) + "\n")
+            atomic_write_text(out_dir / f"metrics{suffix}.json", json.dumps(result.to_json(), indent=2) + "\n")
             metrics = dict(result.summary)
     del records  # the report reads the detections again, one file at a time: never two copies in memory
     report_path = None
-    if shard.num_parts == 1:
+    if shard.num_parts == 1 and plan is not None:
         from histostain.pipeline.report import write_report
 
-        report_path = write_report(plan.out_dir, samples=config.report_samples)
+        report_path = write_report(out_dir, samples=config.report_samples)
     licences = {}
     for record in (getattr(translator, "model_record", None), getattr(segmenter, "model_record", None)):
         if record and record.get("licence") and record.get("licence") != "unknown":
             licences[str(record.get("name"))] = str(record["licence"])
     return PipelineReport(
-        inputs=batch.inputs,
-        processed=batch.done,
-        skipped=batch.skipped,
-        failed=list(batch.failed),
-        nuclei=step.nuclei,
-        seconds=batch.seconds,
+        inputs=(batch.inputs if batch else 0) + len(slide_reports) + len(slide_failed),
+        processed=(batch.done if batch else 0) + sum(not r["skipped"] for r in slide_reports),
+        skipped=(batch.skipped if batch else 0) + sum(bool(r["skipped"]) for r in slide_reports),
+        failed=(list(batch.failed) if batch else []) + slide_failed,
+        nuclei=step.nuclei + sum(int(r["nuclei"]) for r in slide_reports),
+        seconds=(batch.seconds if batch else 0.0) + sum(float(r["seconds"]) for r in slide_reports),
         stage_seconds={k: round(v, 3) for k, v in asdict(step.times).items()},
         translator=None if translator is None else _model_name(translator.model_record, config.translator),
         segmenter=segmenter.kind
@@ -227,13 +247,61 @@ def run_pipeline(
         licences=licences,
         metrics=metrics,
         totals=_totals(rows),
-        out_dir=batch.out_dir,
-        record=batch.record,
+        out_dir=str(out_dir),
+        record=batch.record if batch else "",
         config=str(config_path),
         summary=str(summary_path),
         report=None if report_path is None else str(report_path),
         warnings=warnings,
+        slides=slide_reports,
     )
+
+
+def run_slides(
+    slides: list[Path],
+    out_dir: Path,
+    config: PipelineConfig,
+    translator: Any,
+    segmenter: Any,
+    step: PipelineStep,
+    *,
+    overwrite: bool,
+    provenance: Provenance | None,
+    roi: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[str, str]]]:
+    """Every whole slide of the run: each chunk translated, then segmented, into ``nuclei/`` (no translated slide
+    is written). Returns the slides' reports, their summary rows and the failures."""
+    import time
+
+    from histostain.segmentation.slide_segment import segment_slide
+
+    transform = None
+    transform_settings: dict[str, Any] = {}
+    if translator is not None:
+        transform_settings = step.settings()["translator"]
+
+        def transform(region: Any) -> Any:
+            started = time.perf_counter()
+            translated = translator.translate(region)
+            step.times.translate += time.perf_counter() - started
+            return translated
+
+    reports, rows, failed = [], [], []
+    for slide in slides:
+        try:
+            done = segment_slide(
+                slide, out_dir / NUCLEI, segmenter, mpp=config.mpp, roi=roi, tissue=config.tissue_mask,
+                chunk=config.chunk_size, overwrite=overwrite, transform=transform,
+                transform_settings=transform_settings, provenance=provenance,
+            )  # fmt: skip
+        except InputError as error:
+            failed.append((str(slide), str(error)))
+            log.error("%s: %s", slide, error)
+            continue
+        reports.append(done.to_dict())
+        row_path = Path(done.outputs[-1])  # the summary row is the last output
+        rows.append(json.loads(row_path.read_text(encoding="utf-8")))
+    return reports, rows, failed
 
 
 __all__ = ["COMMAND", "PipelineReport", "collect_detections", "run_pipeline", "score_detections"]
