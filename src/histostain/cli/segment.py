@@ -107,7 +107,9 @@ def segment(
     gzip_geojson: Annotated[
         bool,
         typer.Option(
-            "--gzip/--no-gzip", help="Slides: gzip the GeoJSON (.geojson.gz: QuPath 0.4+; --no-gzip for QuPath 0.3)."
+            "--gzip/--no-gzip",
+            help="Slides: gzip the GeoJSON (.geojson.gz: QuPath 0.4+; --no-gzip for QuPath 0.3).",
+            show_default="gzip",
         ),
     ] = True,
     batch_size: BatchSizeOpt = 8,
