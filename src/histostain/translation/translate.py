@@ -21,8 +21,8 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,12 +39,15 @@ from histostain.io.defaults import (
     IMAGE_FORMATS,
 )
 from histostain.io.images import write_image
-from histostain.io.inputs import OutputNames, outputs_with
+from histostain.io.inputs import InputSpec, OutputNames, check_output_folder, outputs_with
+from histostain.io.ome_writer import DEFAULT_COMPRESSION as DEFAULT_SLIDE_COMPRESSION
+from histostain.io.ome_writer import check_compression
 from histostain.io.sharding import shard_device
 from histostain.io.tiling import MIN_SIDE, Stitcher, TileBatcher, TilePlan, extract_region, plan_image
 from histostain.provenance import Provenance
 from histostain.runtime.checkpoint import LoadedWeights
 from histostain.runtime.device import DeviceManager
+from histostain.segmentation.chunks import DEFAULT_CHUNK as DEFAULT_SLIDE_CHUNK
 from histostain.translation.compat import DIRECTIONS, load_generator
 
 if TYPE_CHECKING:
@@ -133,6 +136,9 @@ class Translator:
         self.direction = direction
         self.source = source
         self.model_record: dict[str, Any] | None = None  # the registry card or run the weights came from
+        # the input scale (um/px) the generator was trained at, when its weights or model card say; whole
+        # slides are then read at that scale (None: at the slide's own level 0)
+        self.mpp: float | None = None if source is None else source.mpp
 
     @classmethod
     def from_checkpoint(
@@ -339,6 +345,9 @@ class TranslateReport:
     record: str = ""
     shard: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
+    # whole slides (translate_slide), one dict per slide: path, output, status, size, level, mpp, roi, chunks,
+    # done, resumed, glass, seconds, megapixels_per_second, ... (they also count in the totals above)
+    slides: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -393,7 +402,118 @@ def load_translator(
     direction = _card_direction(resolved.card, direction)
     translator = Translator.from_checkpoint(resolved.path, direction, device, **options)
     translator.model_record = resolved.record() if resolved.card is not None else None
+    if resolved.card is not None and resolved.card.mpp is not None:
+        translator.mpp = float(resolved.card.mpp)
     return translator
+
+
+@dataclass(frozen=True)
+class _SlideInput:
+    source: Path
+    key: str  # output path without suffix, relative to --out (the stem, with sub-folders of a folder input)
+
+
+def _split_inputs(
+    inputs: Sequence[str | os.PathLike[str]], recursive: bool
+) -> tuple[list[str], list[_SlideInput], list[InputSpec]]:
+    """Image inputs for the batch engine, and the slides among the inputs (with the specs that guard --out).
+
+    A file input is a slide when ``is_slide`` says so; a folder or glob contributes its files with a slide
+    extension (``.svs``, ``.ndpi``, ...) as slides and stays an image input only if it also holds images.
+    Pyramidal ``.tif`` slides inside folders are picked out of the batch plan later (:func:`_move_slides`).
+    """
+    from histostain.io.images import list_images
+    from histostain.io.slides import SLIDE_EXTENSIONS, is_slide
+
+    images: list[str] = []
+    slides: list[_SlideInput] = []
+    specs: list[InputSpec] = []
+    for raw in inputs:
+        text = str(raw)
+        path = Path(text)
+        if path.is_file():
+            if is_slide(path):
+                slides.append(_SlideInput(path, path.stem))
+                specs.append(InputSpec(text, "file", ((path, PurePosixPath(path.stem)),)))
+            else:
+                images.append(text)
+            continue
+        if path.is_dir():
+            found = sorted(
+                f
+                for f in (path.rglob("*") if recursive else path.iterdir())
+                if f.is_file()
+                and f.suffix.lower() in SLIDE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(path).parts)
+            )
+            keys = [(f, PurePosixPath(f.relative_to(path).parent.as_posix()) / f.stem) for f in found]
+            slides += [_SlideInput(f, key.as_posix()) for f, key in keys]
+            if keys:
+                specs.append(InputSpec(text, "folder", tuple(keys), guard=path, guard_subfolders=True))
+            try:
+                list_images(path, recursive=recursive)
+            except InputError:
+                if keys:
+                    continue  # slides only: nothing for the batch engine
+            images.append(text)
+            continue
+        if not path.exists() and set("*?[") & set(text):
+            import glob as globbing
+
+            matches = sorted(Path(m) for m in globbing.glob(text, recursive=True))
+            found = [m for m in matches if m.is_file() and m.suffix.lower() in SLIDE_EXTENSIONS]
+            slides += [_SlideInput(f, f.stem) for f in found]
+            if found:
+                specs.append(InputSpec(text, "file", tuple((f, PurePosixPath(f.stem)) for f in found)))
+            if found and len(found) == len([m for m in matches if m.is_file()]):
+                continue
+        images.append(text)
+    return images, slides, specs
+
+
+def _move_slides(plan: BatchPlan) -> tuple[BatchPlan, list[_SlideInput]]:
+    """Pyramidal TIFF slides a folder or glob brought into the batch plan go to the slide path instead."""
+    from histostain.io.slides import is_slide
+
+    kept, moved = [], []
+    for item in plan.items:
+        if item.source.suffix.lower() in (".tif", ".tiff") and is_slide(item.source):
+            moved.append(_SlideInput(item.source, item.key.as_posix()))
+        else:
+            kept.append(item)
+    if not moved:
+        return plan, []
+    return replace(plan, items=tuple(kept), total=plan.total - len(moved)), moved
+
+
+def _check_slides(slides: list[_SlideInput], out_dir: Path, specs: list[InputSpec]) -> list[_SlideInput]:
+    """Refuse two slides writing one output, an output that is an input, and --out inside an input folder."""
+    from histostain.translation.slide_translate import slide_output, work_folder
+
+    items, by_target = [], {}
+    unique = {}
+    for slide in slides:
+        unique.setdefault((slide.key, str(slide.source.resolve())), slide)
+    for slide in sorted(unique.values(), key=lambda s: s.key):
+        target = slide_output(slide.source, out_dir, slide.key)
+        clash = by_target.setdefault(target, slide.source)
+        if clash != slide.source:
+            raise InputError(
+                f"{clash} and {slide.source} would both be written to {target}",
+                hint="write them to different --out folders, or rename one",
+            )
+        items.append(BatchItem(slide.source, PurePosixPath(slide.key), (target, work_folder(target))))
+    check_output_folder(out_dir, specs, items)
+    return [_SlideInput(item.source, item.key.as_posix()) for item in items]
+
+
+def _weights_record(translator: Translator) -> dict[str, Any]:
+    if translator.source is None:
+        return {}
+    record = translator.source.to_dict()
+    if translator.model_record is not None:
+        record["model"] = dict(translator.model_record)
+    return record
 
 
 def translate_paths(
@@ -413,6 +533,11 @@ def translate_paths(
     num_parts: int | None = None,
     part_id: int | None = None,
     provenance: Provenance | None = None,
+    roi: str | None = None,
+    tissue_mask: str | os.PathLike[str] | None = "auto",
+    chunk: int = DEFAULT_SLIDE_CHUNK,
+    mpp: float | None = None,
+    compression: str = DEFAULT_SLIDE_COMPRESSION,
 ) -> TranslateReport:
     """The ``translate`` command: check inputs and options, load the weights, run the batch engine.
 
@@ -420,19 +545,81 @@ def translate_paths(
     downloaded unless offline; ``settings`` gives the cache and the registry, default: the loaded settings).
     Everything a user can get wrong without the weights (inputs, output folder, shard, tile, format) is checked
     before the weights are loaded; each torchrun process moves to its own GPU (``io.sharding.shard_device``).
+
+    Whole slides among the inputs (``io.slides.is_slide``) are translated one by one into tiled pyramidal
+    OME-TIFFs (``slide_translate.translate_slide``; ``roi``, ``tissue_mask``, ``chunk``, ``mpp`` and
+    ``compression`` apply to them only); every other input goes through the batch engine as before.
     """
+    from histostain.io.sharding import resolve_shard
+    from histostain.io.slide_regions import parse_roi
+    from histostain.io.writable import check_output_folder as writable_folder
+    from histostain.segmentation.chunks import check_chunk
+    from histostain.translation.slide_translate import check_slide, check_tissue_option, translate_slide
+
     _check_options(tile, overlap, batch_size)
     outputs = image_outputs(fmt)
-    plan = plan_batch(
-        inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
-    )
-    manager = shard_device(device if device is not None else DeviceManager.create(), plan.shard)
+    image_inputs, slides, specs = _split_inputs(inputs, recursive)
+    plan: BatchPlan | None = None
+    moved: list[_SlideInput] = []
+    if image_inputs or not slides:
+        plan = plan_batch(
+            image_inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
+        )
+        plan, moved = _move_slides(plan)  # already this shard's share
+    shard = plan.shard if plan is not None else resolve_shard(num_parts, part_id)
+    out = plan.out_dir if plan is not None else writable_folder(out_dir, "--out")
+    area = choice = None
+    if slides or moved:
+        checked = _check_slides(slides + moved, Path(out), specs)
+        moved_sources = {m.source for m in moved}
+        mine = shard.select([s for s in checked if s.source not in moved_sources])
+        slides = sorted(mine + [s for s in checked if s.source in moved_sources], key=lambda s: s.key)
+        area = parse_roi(roi)
+        choice = check_tissue_option(tissue_mask)
+        check_chunk(chunk)
+        check_compression(compression)
+        if mpp is not None and not 0 < mpp < float("inf"):
+            raise ConfigError(f"--mpp {mpp}: must be a positive number of micrometres per pixel")
+        for slide in slides:  # every slide opens, the ROI starts inside it, a mask fits it: else stop now
+            check_slide(slide.source, mpp=mpp, roi=area, tissue=choice)
+    manager = shard_device(device if device is not None else DeviceManager.create(), shard)
     translator = load_translator(
         weights, direction, manager, settings=settings, tile=tile, overlap=overlap, batch_size=batch_size
     )
     assert translator.source is not None
     log.info("translating with the %s (%s)", translator.source.describe(), translator.direction or "?")
-    return translator.run_plan(plan, fmt=fmt, overwrite=overwrite, provenance=provenance)
+    if plan is not None and (plan.items or not slides):
+        report = translator.run_plan(plan, fmt=fmt, overwrite=overwrite, provenance=provenance)
+    else:
+        report = TranslateReport(out_dir=str(out), shard=shard.to_dict(), weights=_weights_record(translator))
+    for slide in slides:
+        report.inputs += 1
+        try:
+            result = translate_slide(
+                slide.source,
+                out,
+                translator,
+                mpp=mpp,
+                roi=area,
+                tissue=choice,
+                chunk=chunk,
+                overwrite=overwrite,
+                compression=compression,
+                key=slide.key,
+            )
+        except InputError as error:
+            log.error("skipped %s", error.one_line())
+            report.failed.append((str(slide.source), error.message))
+            continue
+        report.slides.append(result.to_dict())
+        if result.status == "skipped":
+            report.skipped += 1
+        else:
+            report.translated += 1
+            report.megapixels += result.megapixels
+            report.computed_megapixels += result.computed_megapixels
+            report.seconds += result.seconds
+    return report
 
 
 __all__ = [
