@@ -51,6 +51,23 @@ def test_segment_a_slide_and_an_image_in_one_run(run_cli: CliRunner, slide: Path
     assert code == 0 and json.loads(stdout)["skipped"] == 2
 
 
+def test_a_slide_in_a_sub_folder_keeps_it_in_the_outputs(run_cli: CliRunner, slide: Path, tmp_path: Path) -> None:
+    folder, out = tmp_path / "in", tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / slide.name).symlink_to(slide)
+    args = ["-q", "segment", str(folder), "-o", str(out), "-r", "--mpp", "0.5", "--chunk-size", "512", "--json"]
+    code, stdout, stderr = run_cli(args)
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["inputs"] == report["segmented"] == 1
+    for name in OUTPUTS:
+        assert (out / "sub" / name).is_file(), name
+    assert not (out / "sub" / "mosaic.partial").exists()
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in summary[1:]] == ["sub/mosaic"]
+    assert int(summary[1].split(",")[1]) == report["nuclei"] > 100
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 from histostain.errors import InputError
 from histostain.io.annotations.qupath_check import qupath_geojson_problems
 from histostain.io.images import write_image
-from histostain.io.slide_regions import Roi, parse_roi, plan_slide, split_slide_inputs
+from histostain.io.slide_regions import Roi, parse_roi, plan_slide
 from histostain.io.slides import open_slide
 from histostain.segmentation.segment import build_segmenter
 from histostain.segmentation.slide_segment import segment_slide, target_mpp
@@ -191,17 +191,6 @@ def test_ome_tiff_slide_at_a_finer_scale_is_read_from_the_right_level(tmp_path: 
     # the same nuclei as the 0.5 um/px slide of the same mosaic, scaled to level 0 (resampling moves them a bit)
     half = classical().segment(np.ascontiguousarray(mosaic[::2, ::2]))
     assert matched_within(found, half.centroids * 2, radius=4) >= 0.8
-
-
-def test_split_slide_inputs(slide: Path, tmp_path: Path) -> None:
-    (tmp_path / "a.png").write_bytes(b"")
-    slides, rest = split_slide_inputs([str(slide), str(tmp_path)])
-    assert slides == [slide] and rest == [str(tmp_path)]
-    only = tmp_path / "only"
-    only.mkdir()
-    (only / "x.svs").symlink_to(slide)
-    slides, rest = split_slide_inputs([str(only)])
-    assert [p.name for p in slides] == ["x.svs"] and rest == []
 
 
 @pytest.mark.parametrize("text", ["1,2,3", "a,b,c,d", "0,0,0,10", "-1,0,5,5"])

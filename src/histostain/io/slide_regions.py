@@ -14,10 +14,7 @@ the frame every output (GeoJSON, CSV, OME-TIFF) and QuPath use. ``--roi x,y,w,h`
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -45,38 +42,6 @@ class Roi:
 
     def to_list(self) -> list[int]:
         return [self.x, self.y, self.width, self.height]
-
-
-def split_slide_inputs(
-    inputs: Sequence[str | os.PathLike[str]], recursive: bool = False
-) -> tuple[list[Path], list[str]]:
-    """The slides among a command's inputs, and the inputs left for the image batch engine.
-
-    A file is a slide when ``io.slides.is_slide`` says so (a slide extension, an Aperio TIFF or a big tiled
-    pyramid); in a folder, files with a slide extension (.svs, .ndpi, .mrxs, ...) are slides, and the folder
-    stays an image input only when it also holds images. A pyramidal .tif inside a folder is read as an image:
-    name such slides as files. Slides are returned sorted and once each.
-    """
-    from histostain.io.images import IMAGE_EXTENSIONS
-    from histostain.io.slides import SLIDE_EXTENSIONS, is_slide
-
-    slides: dict[Path, Path] = {}
-    rest: list[str] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_file() and is_slide(path):
-            slides.setdefault(path.resolve(), path)
-        elif path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = [f for f in path.glob(pattern) if f.is_file() and f.suffix.lower() in SLIDE_EXTENSIONS]
-            for f in found:
-                slides.setdefault(f.resolve(), f)
-            has_images = any(f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS for f in path.glob(pattern))
-            if has_images or not found:
-                rest.append(str(text))
-        else:
-            rest.append(str(text))
-    return sorted(slides.values(), key=lambda p: (p.name, str(p))), rest
 
 
 def parse_roi(text: str | None) -> Roi | None:
@@ -207,4 +172,4 @@ def plan_slide(
     return SlidePlan(slide, area, level, scale, mpp, (height, width), chunks, int(chunk), int(margin))
 
 
-__all__ = ["TISSUE_MIN_FRACTION", "Roi", "SlidePlan", "parse_roi", "plan_slide", "split_slide_inputs"]
+__all__ = ["TISSUE_MIN_FRACTION", "Roi", "SlidePlan", "parse_roi", "plan_slide"]

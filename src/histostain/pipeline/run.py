@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.atomic import atomic_write_text
-from histostain.io.batch import BatchItem, plan_batch, run_batch
+from histostain.io.batch import BatchItem, run_batch
 from histostain.io.sharding import shard_device
 from histostain.metrics.detection import DetectionScorer, ImagePoints
 from histostain.pipeline.config import PipelineConfig, write_config
@@ -25,6 +25,7 @@ from histostain.pipeline.step import NUCLEI, PipelineStep, pipeline_outputs
 from histostain.provenance import Provenance
 
 if TYPE_CHECKING:
+    from histostain.io.slide_inputs import SlideInput
     from histostain.metrics.report import EvaluationResult
     from histostain.pipeline.ground_truth import GroundTruth
     from histostain.runtime.device import DeviceManager
@@ -155,26 +156,21 @@ def run_pipeline(
 
     config.check_ready()
     assert config.out is not None
-    from histostain.io.slide_regions import parse_roi, split_slide_inputs
+    from histostain.io.slide_inputs import prepare_inputs
+    from histostain.io.slide_regions import parse_roi
+    from histostain.segmentation.slide_segment import slide_outputs
 
     roi = parse_roi(config.roi)
-    slides, image_inputs = split_slide_inputs(config.input, config.recursive)
-    if not slides and (roi is not None or config.tissue_mask != "auto"):
-        raise InputError("--roi and --tissue-mask apply to whole slides only, and no input is a slide")
     formats = tuple(config.formats)
-    plan = None
-    if image_inputs or not slides:
-        outputs = pipeline_outputs(output_suffixes(formats), config.keep_translated and config.translates)
-        plan = plan_batch(
-            image_inputs, config.out, outputs, command=COMMAND, recursive=config.recursive,
-            num_parts=num_parts, part_id=part_id,
-        )  # fmt: skip
-        shard, out_dir = plan.shard, plan.out_dir
-    else:
-        from histostain.io.sharding import resolve_shard
-        from histostain.io.writable import check_output_folder as writable_folder
-
-        shard, out_dir = resolve_shard(num_parts, part_id), writable_folder(config.out, "--out")
+    batch_inputs = prepare_inputs(
+        config.input, config.out, command=COMMAND,
+        image_outputs=lambda: pipeline_outputs(output_suffixes(formats), config.keep_translated and config.translates),
+        slide_outputs=lambda slide: tuple(Path(NUCLEI) / name for name in slide_outputs(slide.key)),
+        recursive=config.recursive, num_parts=num_parts, part_id=part_id,
+    )  # fmt: skip
+    if not batch_inputs.any_slides and (roi is not None or config.tissue_mask != "auto"):
+        raise InputError("--roi and --tissue-mask apply to whole slides only, and no input is a slide")
+    plan, shard, out_dir = batch_inputs.plan, batch_inputs.shard, batch_inputs.out_dir
     truth = GroundTruth.open(config.ground_truth, config.split) if config.ground_truth is not None else None
     mpp, radius_px = _radius(config, truth)
     manager = shard_device(device if device is not None else DeviceManager.create(exact_cpu=True), shard)
@@ -198,11 +194,11 @@ def run_pipeline(
         overlap_stages=config.overlap_stages,
     )  # fmt: skip
     batch = None
-    if plan is not None:
+    if plan is not None and batch_inputs.runs_images:
         announce_run(segmenter, [item for item in plan.items if overwrite or not item.done()], mpp)
         batch = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
     slide_reports, slide_rows, slide_failed = run_slides(
-        shard.select(slides), out_dir, config, translator, segmenter, step,
+        list(batch_inputs.slides), out_dir, config, translator, segmenter, step,
         overwrite=overwrite, provenance=provenance, roi=roi,
     )  # fmt: skip
     config_path = write_config(config, out_dir)  # after the run record's check of earlier settings
@@ -225,7 +221,7 @@ def run_pipeline(
             metrics = dict(result.summary)
     del records  # the report reads the detections again, one file at a time: never two copies in memory
     report_path = None
-    if shard.num_parts == 1 and plan is not None:
+    if shard.num_parts == 1 and batch is not None:
         from histostain.pipeline.report import write_report
 
         report_path = write_report(out_dir, samples=config.report_samples)
@@ -258,7 +254,7 @@ def run_pipeline(
 
 
 def run_slides(
-    slides: list[Path],
+    slides: list[SlideInput],
     out_dir: Path,
     config: PipelineConfig,
     translator: Any,
@@ -290,13 +286,13 @@ def run_slides(
     for slide in slides:
         try:
             done = segment_slide(
-                slide, out_dir / NUCLEI, segmenter, mpp=config.mpp, roi=roi, tissue=config.tissue_mask,
+                slide.source, out_dir / NUCLEI, segmenter, mpp=config.mpp, roi=roi, tissue=config.tissue_mask,
                 chunk=config.chunk_size, overwrite=overwrite, transform=transform,
-                transform_settings=transform_settings, provenance=provenance,
+                transform_settings=transform_settings, provenance=provenance, key=slide.key,
             )  # fmt: skip
         except InputError as error:
-            failed.append((str(slide), str(error)))
-            log.error("%s: %s", slide, error)
+            failed.append((str(slide.source), str(error)))
+            log.error("%s: %s", slide.source, error)
             continue
         reports.append(done.to_dict())
         row_path = Path(done.outputs[-1])  # the summary row is the last output

@@ -21,8 +21,8 @@ import numpy as np
 
 from histostain.errors import ConfigError, InputError
 from histostain.io.atomic import atomic_write_text
-from histostain.io.batch import BatchItem, BatchReport, ImageStep, Sink, outputs_with, plan_batch, run_batch
-from histostain.io.sharding import resolve_shard, shard_device
+from histostain.io.batch import BatchItem, BatchReport, ImageStep, Sink, outputs_with, run_batch
+from histostain.io.sharding import shard_device
 from histostain.provenance import Provenance, plain
 from histostain.runtime.device import DeviceManager
 from histostain.segmentation.chunks import DEFAULT_CHUNK, check_chunk
@@ -33,6 +33,7 @@ from histostain.segmentation.segment import Segmenter, build_segmenter, segment_
 from histostain.segmentation.slide_segment import segment_slide
 
 if TYPE_CHECKING:
+    from histostain.io.inputs import OutputNames
     from histostain.settings import ResolvedSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -217,13 +218,14 @@ def segment_paths(
     that segments several folders with one model may pass a ready ``segmenter`` (its network stays compiled);
     ``model``, ``weights``, ``device`` and the options that build one are then not used.
 
-    Whole-slide inputs (``io.slide_regions.split_slide_inputs``) are segmented one by one by
+    Whole-slide inputs (``io.slide_inputs``: the rule ``translate`` and ``pipeline`` share) are segmented one by one by
     ``segmentation.slide_segment`` (``roi``, ``tissue_mask`` and ``gzip_geojson`` apply to them; ``mpp`` is then
     the slides' level-0 um/px, overriding their metadata); every other input goes through the batch engine.
     """
-    from histostain.io.slide_regions import parse_roi, split_slide_inputs
+    from histostain.io.slide_inputs import prepare_inputs
+    from histostain.io.slide_regions import parse_roi
     from histostain.segmentation.outputs import FORMATS, output_suffixes, write_summary_csv
-    from histostain.segmentation.slide_segment import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS
+    from histostain.segmentation.slide_segment import DEFAULT_SLIDE_FORMATS, SLIDE_FORMATS, slide_outputs
 
     known = (*FORMATS, *[name for name in SLIDE_FORMATS if name not in FORMATS])
     unknown = [name for name in formats or () if name not in known]
@@ -237,24 +239,24 @@ def segment_paths(
     if postprocess_workers is not None and postprocess_workers < 0:
         raise ConfigError(f"--postprocess-workers {postprocess_workers}: must be 0 or more")
     region = parse_roi(roi)
-    slides, image_inputs = split_slide_inputs(inputs, recursive)
-    if not slides and (region is not None or tissue_mask not in (None, "auto")):
-        raise InputError("--roi and --tissue-mask apply to whole slides only, and no input is a slide")
     chosen = tuple(name for name in formats if name in FORMATS) if formats else FORMATS
     slide_formats = tuple(name for name in formats if name in SLIDE_FORMATS) if formats else DEFAULT_SLIDE_FORMATS
-    plan = None
-    if image_inputs or not slides:
+
+    def image_outputs() -> OutputNames:
         if not chosen:
             raise InputError(f"--formats {','.join(formats or ())}: none of them is an image output")
-        outputs = outputs_with(*output_suffixes(chosen), ROW_SUFFIX)
-        plan = plan_batch(
-            image_inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
-        )
-        shard = plan.shard
-    else:
-        if not slide_formats:
-            raise InputError(f"--formats {','.join(formats or ())}: none of them is a slide output")
-        shard = resolve_shard(num_parts, part_id)
+        return outputs_with(*output_suffixes(chosen), ROW_SUFFIX)
+
+    batch = prepare_inputs(
+        inputs, out_dir, command=COMMAND, image_outputs=image_outputs,
+        slide_outputs=lambda slide: slide_outputs(slide.key, slide_formats, gzip_geojson),
+        recursive=recursive, num_parts=num_parts, part_id=part_id,
+    )  # fmt: skip
+    if not batch.any_slides and (region is not None or tissue_mask not in (None, "auto")):
+        raise InputError("--roi and --tissue-mask apply to whole slides only, and no input is a slide")
+    if batch.plan is None and not slide_formats:
+        raise InputError(f"--formats {','.join(formats or ())}: none of them is a slide output")
+    plan, shard, out = batch.plan, batch.shard, batch.out_dir
     if segmenter is None:
         manager = shard_device(device if device is not None else DeviceManager.create(), shard)
         segmenter = build_segmenter(
@@ -269,27 +271,27 @@ def segment_paths(
         shard=shard.to_dict(),
     )
     keys: list[str] = []
-    if plan is not None:
+    if plan is not None and batch.runs_images:
         announce_run(segmenter, [item for item in plan.items if overwrite or not item.done()], mpp)
         step = SegmentStep(segmenter, chosen, mpp)
-        batch: BatchReport = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
+        done_images: BatchReport = run_batch(plan, step, overwrite=overwrite, provenance=provenance)
         keys += [str(item.key) for item in plan.items]
-        report.inputs, report.segmented, report.skipped = batch.inputs, batch.done, batch.skipped
-        report.failed, report.nuclei, report.seconds = list(batch.failed), step.nuclei, batch.seconds
-        report.out_dir, report.record = batch.out_dir, batch.record
-    out = Path(out_dir)
-    for slide in shard.select(slides):
+        report.inputs, report.segmented, report.skipped = done_images.inputs, done_images.done, done_images.skipped
+        report.failed, report.nuclei, report.seconds = list(done_images.failed), step.nuclei, done_images.seconds
+        report.out_dir, report.record = done_images.out_dir, done_images.record
+    for slide in batch.slides:
         report.inputs += 1
         try:
             done = segment_slide(
-                slide, out, segmenter, mpp=mpp, roi=region, tissue=tissue_mask, chunk=chunk,
+                slide.source, out, segmenter, mpp=mpp, roi=region, tissue=tissue_mask, chunk=chunk,
                 formats=slide_formats, gzip_geojson=gzip_geojson, overwrite=overwrite, provenance=provenance,
+                key=slide.key,
             )  # fmt: skip
         except InputError as error:
-            report.failed.append((str(slide), str(error)))
-            log.error("%s: %s", slide, error)
+            report.failed.append((str(slide.source), str(error)))
+            log.error("%s: %s", slide.source, error)
             continue
-        keys.append(slide.name.split(".")[0])
+        keys.append(slide.key)
         report.slides.append(done.to_dict())
         report.skipped += int(done.skipped)
         report.segmented += int(not done.skipped)

@@ -73,6 +73,20 @@ def slide_suffixes(formats: Sequence[str], gzip_geojson: bool = True) -> dict[st
     return {name: names[name] for name in SLIDE_FORMATS if name in formats}
 
 
+def slide_outputs(
+    key: str, formats: Sequence[str] = DEFAULT_SLIDE_FORMATS, gzip_geojson: bool = True
+) -> tuple[Path, ...]:
+    """Every path one slide's run writes, relative to the output folder: the chosen formats, ``<key>.slide.json``,
+    the summary row ``<key>.summary.jsonl`` (the done-mark, last) and the work folder ``<key>.partial``.
+
+    ``key`` may hold sub-folders (``a/b``): the outputs then go to ``a/`` under the output folder.
+    """
+    from histostain.segmentation.outputs import ROW_SUFFIX
+
+    suffixes = [*slide_suffixes(formats, gzip_geojson).values(), ".slide.json", ROW_SUFFIX, WORK_SUFFIX]
+    return tuple(Path(f"{key}{suffix}") for suffix in suffixes)
+
+
 @dataclass
 class SlideSegmentReport:
     """What one slide's run did (a row of the CLI summary and of ``--json``)."""
@@ -451,7 +465,7 @@ def segment_slide(
     it is segmented: the pipeline's IHC -> H&E translation. ``key`` names the outputs (default: the file stem).
     """
     from histostain.io.slides import open_slide
-    from histostain.segmentation.outputs import ROW_SUFFIX, summary_row
+    from histostain.segmentation.outputs import summary_row
 
     unknown = [name for name in formats if name not in SLIDE_FORMATS]
     if unknown:
@@ -461,11 +475,10 @@ def segment_slide(
     source = Path(path)
     out = Path(out_dir)
     stem = key or source.name.split(".")[0]
-    targets = {name: out / f"{stem}{suffix}" for name, suffix in slide_suffixes(formats, gzip_geojson).items()}
-    sidecar, row_path = out / f"{stem}.slide.json", out / f"{stem}{ROW_SUFFIX}"
+    *written, sidecar, row_path, work = (out / name for name in slide_outputs(stem, formats, gzip_geojson))
+    targets = dict(zip(slide_suffixes(formats, gzip_geojson), written, strict=True))
     every = [*targets.values(), sidecar, row_path]
     report = SlideSegmentReport(path=str(source), outputs=[str(p) for p in every])
-    work = out / f"{stem}{WORK_SUFFIX}"
     if not overwrite and all(p.exists() for p in every):
         report.skipped = True
         return report
@@ -574,6 +587,7 @@ __all__ = [
     "kept_nuclei",
     "region_segmenter",
     "segment_slide",
+    "slide_outputs",
     "slide_suffixes",
     "target_mpp",
 ]

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -53,8 +53,25 @@ from histostain.runtime.progress import progress_task
 from histostain.segmentation.chunks import DEFAULT_CHUNK, DEFAULT_MARGIN, Chunk, check_chunk
 
 if TYPE_CHECKING:
+    from histostain.io.tiling import TilePlan
     from histostain.io.tissue import TissueMask
-    from histostain.translation.translate import Translator
+
+
+class Translator(Protocol):
+    """What a slide needs of its translator (``translation.translate.Translator`` is one; naming it here would
+    make the two modules import each other): the settings that decide the pixels, its tiling and the pixels."""
+
+    tile: int
+    overlap: int
+    direction: str | None
+    mpp: float | None  # the scale the translator works at (None: the slide's level 0)
+
+    def weights_sha256(self) -> str: ...
+
+    def plan(self, height: int, width: int) -> TilePlan: ...
+
+    def translate(self, rgb: np.ndarray) -> np.ndarray: ...
+
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +39,7 @@ from histostain.io.defaults import (
     IMAGE_FORMATS,
 )
 from histostain.io.images import write_image
-from histostain.io.inputs import InputSpec, OutputNames, check_output_folder, outputs_with
+from histostain.io.inputs import OutputNames, outputs_with
 from histostain.io.ome_writer import DEFAULT_COMPRESSION as DEFAULT_SLIDE_COMPRESSION
 from histostain.io.ome_writer import check_compression
 from histostain.io.sharding import shard_device
@@ -51,6 +51,7 @@ from histostain.segmentation.chunks import DEFAULT_CHUNK as DEFAULT_SLIDE_CHUNK
 from histostain.translation.compat import DIRECTIONS, load_generator
 
 if TYPE_CHECKING:
+    from histostain.io.slide_inputs import SlideInput
     from histostain.settings import Settings
     from histostain.weights.registry import ModelCard
 
@@ -407,104 +408,12 @@ def load_translator(
     return translator
 
 
-@dataclass(frozen=True)
-class _SlideInput:
-    source: Path
-    key: str  # output path without suffix, relative to --out (the stem, with sub-folders of a folder input)
-
-
-def _split_inputs(
-    inputs: Sequence[str | os.PathLike[str]], recursive: bool
-) -> tuple[list[str], list[_SlideInput], list[InputSpec]]:
-    """Image inputs for the batch engine, and the slides among the inputs (with the specs that guard --out).
-
-    A file input is a slide when ``is_slide`` says so; a folder or glob contributes its files with a slide
-    extension (``.svs``, ``.ndpi``, ...) as slides and stays an image input only if it also holds images.
-    Pyramidal ``.tif`` slides inside folders are picked out of the batch plan later (:func:`_move_slides`).
-    """
-    from histostain.io.images import list_images
-    from histostain.io.slides import SLIDE_EXTENSIONS, is_slide
-
-    images: list[str] = []
-    slides: list[_SlideInput] = []
-    specs: list[InputSpec] = []
-    for raw in inputs:
-        text = str(raw)
-        path = Path(text)
-        if path.is_file():
-            if is_slide(path):
-                slides.append(_SlideInput(path, path.stem))
-                specs.append(InputSpec(text, "file", ((path, PurePosixPath(path.stem)),)))
-            else:
-                images.append(text)
-            continue
-        if path.is_dir():
-            found = sorted(
-                f
-                for f in (path.rglob("*") if recursive else path.iterdir())
-                if f.is_file()
-                and f.suffix.lower() in SLIDE_EXTENSIONS
-                and not any(part.startswith(".") for part in f.relative_to(path).parts)
-            )
-            keys = [(f, PurePosixPath(f.relative_to(path).parent.as_posix()) / f.stem) for f in found]
-            slides += [_SlideInput(f, key.as_posix()) for f, key in keys]
-            if keys:
-                specs.append(InputSpec(text, "folder", tuple(keys), guard=path, guard_subfolders=True))
-            try:
-                list_images(path, recursive=recursive)
-            except InputError:
-                if keys:
-                    continue  # slides only: nothing for the batch engine
-            images.append(text)
-            continue
-        if not path.exists() and set("*?[") & set(text):
-            import glob as globbing
-
-            matches = sorted(Path(m) for m in globbing.glob(text, recursive=True))
-            found = [m for m in matches if m.is_file() and m.suffix.lower() in SLIDE_EXTENSIONS]
-            slides += [_SlideInput(f, f.stem) for f in found]
-            if found:
-                specs.append(InputSpec(text, "file", tuple((f, PurePosixPath(f.stem)) for f in found)))
-            if found and len(found) == len([m for m in matches if m.is_file()]):
-                continue
-        images.append(text)
-    return images, slides, specs
-
-
-def _move_slides(plan: BatchPlan) -> tuple[BatchPlan, list[_SlideInput]]:
-    """Pyramidal TIFF slides a folder or glob brought into the batch plan go to the slide path instead."""
-    from histostain.io.slides import is_slide
-
-    kept, moved = [], []
-    for item in plan.items:
-        if item.source.suffix.lower() in (".tif", ".tiff") and is_slide(item.source):
-            moved.append(_SlideInput(item.source, item.key.as_posix()))
-        else:
-            kept.append(item)
-    if not moved:
-        return plan, []
-    return replace(plan, items=tuple(kept), total=plan.total - len(moved)), moved
-
-
-def _check_slides(slides: list[_SlideInput], out_dir: Path, specs: list[InputSpec]) -> list[_SlideInput]:
-    """Refuse two slides writing one output, an output that is an input, and --out inside an input folder."""
+def _slide_outputs(slide: SlideInput) -> tuple[Path, ...]:
+    """A slide's ``<key>.ome.tif`` and its work folder, relative to ``--out``."""
     from histostain.translation.slide_translate import slide_output, work_folder
 
-    items, by_target = [], {}
-    unique = {}
-    for slide in slides:
-        unique.setdefault((slide.key, str(slide.source.resolve())), slide)
-    for slide in sorted(unique.values(), key=lambda s: s.key):
-        target = slide_output(slide.source, out_dir, slide.key)
-        clash = by_target.setdefault(target, slide.source)
-        if clash != slide.source:
-            raise InputError(
-                f"{clash} and {slide.source} would both be written to {target}",
-                hint="write them to different --out folders, or rename one",
-            )
-        items.append(BatchItem(slide.source, PurePosixPath(slide.key), (target, work_folder(target))))
-    check_output_folder(out_dir, specs, items)
-    return [_SlideInput(item.source, item.key.as_posix()) for item in items]
+    target = slide_output(slide.source, Path(), slide.key)
+    return target, work_folder(target)
 
 
 def _weights_record(translator: Translator) -> dict[str, Any]:
@@ -550,30 +459,20 @@ def translate_paths(
     OME-TIFFs (``slide_translate.translate_slide``; ``roi``, ``tissue_mask``, ``chunk``, ``mpp`` and
     ``compression`` apply to them only); every other input goes through the batch engine as before.
     """
-    from histostain.io.sharding import resolve_shard
+    from histostain.io.slide_inputs import prepare_inputs
     from histostain.io.slide_regions import parse_roi
-    from histostain.io.writable import check_output_folder as writable_folder
     from histostain.segmentation.chunks import check_chunk
     from histostain.translation.slide_translate import check_slide, check_tissue_option, translate_slide
 
     _check_options(tile, overlap, batch_size)
     outputs = image_outputs(fmt)
-    image_inputs, slides, specs = _split_inputs(inputs, recursive)
-    plan: BatchPlan | None = None
-    moved: list[_SlideInput] = []
-    if image_inputs or not slides:
-        plan = plan_batch(
-            image_inputs, out_dir, outputs, command=COMMAND, recursive=recursive, num_parts=num_parts, part_id=part_id
-        )
-        plan, moved = _move_slides(plan)  # already this shard's share
-    shard = plan.shard if plan is not None else resolve_shard(num_parts, part_id)
-    out = plan.out_dir if plan is not None else writable_folder(out_dir, "--out")
+    batch = prepare_inputs(
+        inputs, out_dir, command=COMMAND, image_outputs=lambda: outputs, slide_outputs=_slide_outputs,
+        recursive=recursive, num_parts=num_parts, part_id=part_id,
+    )  # fmt: skip
+    plan, slides, shard, out = batch.plan, batch.slides, batch.shard, batch.out_dir
     area = choice = None
-    if slides or moved:
-        checked = _check_slides(slides + moved, Path(out), specs)
-        moved_sources = {m.source for m in moved}
-        mine = shard.select([s for s in checked if s.source not in moved_sources])
-        slides = sorted(mine + [s for s in checked if s.source in moved_sources], key=lambda s: s.key)
+    if batch.any_slides:  # the slide options are checked on every shard, whether its share holds slides or not
         area = parse_roi(roi)
         choice = check_tissue_option(tissue_mask)
         check_chunk(chunk)
@@ -588,7 +487,7 @@ def translate_paths(
     )
     assert translator.source is not None
     log.info("translating with the %s (%s)", translator.source.describe(), translator.direction or "?")
-    if plan is not None and (plan.items or not slides):
+    if plan is not None and batch.runs_images:
         report = translator.run_plan(plan, fmt=fmt, overwrite=overwrite, provenance=provenance)
     else:
         report = TranslateReport(out_dir=str(out), shard=shard.to_dict(), weights=_weights_record(translator))
