@@ -202,3 +202,25 @@ def test_bad_roi_is_refused(text: str) -> None:
 def test_roi_outside_the_slide_is_refused(slide: Path) -> None:
     with open_slide(slide) as handle, pytest.raises(InputError, match="outside the slide"):
         plan_slide(handle, None, roi=Roi(5000, 0, 10, 10))
+
+
+def test_ihc_slide_summary_adds_up_its_chunks(tmp_path: Path) -> None:
+    """Positive % and H-score of the slide's row, computed by hand from its per-nucleus CSV (the chunks' counts
+    are added up, never the nuclei kept)."""
+    from histostain.synth import generate_tile
+
+    tiles = [generate_tile(500 + i, 256).ihc for i in range(6)]
+    mosaic = np.concatenate([np.concatenate(tiles[:3], axis=1), np.concatenate(tiles[3:], axis=1)], axis=0)
+    path = write_svs(tmp_path / "ihc.svs", np.ascontiguousarray(mosaic), mpp=0.5)
+    segmenter = build_segmenter("classical", weights=None, device=None, stain="ihc", mpp=0.5, chunk=CHUNK)
+    segment_slide(path, tmp_path / "out", segmenter, chunk=CHUNK, tissue="none")
+    rows = read_rows(tmp_path / "out" / "ihc.nuclei.csv.gz")
+    scores = np.array([int(r["positivity"]) for r in rows if r["positivity"] != ""])
+    assert len(scores) > 50 and len(set(scores.tolist())) > 1
+    summary = json.loads((tmp_path / "out" / "ihc.summary.jsonl").read_text())
+    share = {k: 100.0 * np.mean(scores == k) for k in range(4)}
+    assert summary["nuclei"] == len(rows)
+    assert summary["positive_percent"] == pytest.approx(share[1] + share[2] + share[3], abs=1e-3)
+    assert summary["h_score"] == pytest.approx(share[1] + 2 * share[2] + 3 * share[3], abs=1e-3)
+    assert [summary[name] for name in ("Negative", "1+", "2+", "3+")] == [int(np.sum(scores == k)) for k in range(4)]
+    assert {r["class"] for r in rows} <= {"Negative", "1+", "2+", "3+"}

@@ -32,6 +32,7 @@ EXAMPLE = (
 )
 SLIDE_CHUNK = 2048  # = segmentation.chunks.DEFAULT_CHUNK (not imported: --help stays light; a test checks it)
 SLIDE_COMPRESSION = "jpeg"  # = io.ome_writer.DEFAULT_COMPRESSION
+NORM_MODE = "eval"  # = translation.pix2pix.DEFAULT_NORM_MODE (not imported: --help stays light; a test checks it)
 
 
 def _slide_row(slide: dict[str, Any]) -> str:
@@ -56,8 +57,9 @@ def translate(
     weights: Annotated[
         str,
         weights_file(
-            "Generator: a checkpoint (histostain .pt, reference CycleGAN *_net_G*.pth, seed generator_*.tar), a "
-            "`histostain train cyclegan` run folder, or a model name from `histostain weights list`.",
+            "Generator: a checkpoint (histostain .pt, reference CycleGAN or pix2pix *_net_G*.pth, seed "
+            "generator_*.tar), a `histostain train cyclegan` run folder, or a model name from `histostain weights "
+            "list`.",
             metavar="FILE|RUN|NAME",
         ),
     ],
@@ -103,12 +105,22 @@ def translate(
             help="Slides only: OME-TIFF tiles as jpeg (quality 90, as scanners write) | zlib (lossless, larger).",
         ),
     ] = SLIDE_COMPRESSION,
+    norm_mode: Annotated[
+        str,
+        typer.Option(
+            "--norm-mode",
+            metavar="MODE",
+            help="Batch-norm generators (pix2pix) only: eval = the running statistics stored with the weights "
+            "(reference test.py --eval) | per-input = each image's or tile's own statistics (reference test.py "
+            "without --eval; dropout stays off). Ignored for CycleGAN generators (instance norm).",
+        ),
+    ] = NORM_MODE,
     overwrite: OverwriteOpt = False,
     num_parts: NumPartsOpt = None,
     part_id: PartIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Translate IHC <-> H&E with a CycleGAN generator; output size = input size, names keep the input stem.
+    """Translate IHC <-> H&E with a CycleGAN or pix2pix generator; output size = input size, names keep the input stem.
 
     Whole slides (.svs, .ndpi, pyramidal TIFF, ...) become tiled pyramidal OME-TIFFs (<stem>.ome.tif), made
     chunk by chunk in bounded memory; glass is skipped and a killed run resumes where it stopped.
@@ -138,6 +150,7 @@ def translate(
         chunk=chunk_size,
         mpp=mpp,
         compression=compression,
+        norm_mode=norm_mode,
     )
     if as_json:
         print_json(report.to_dict())

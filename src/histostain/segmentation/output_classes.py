@@ -89,24 +89,35 @@ def output_classes(nuclei: Nuclei) -> OutputClasses:
     return OutputClasses("type", codes, names, colours)
 
 
-def ihc_summary(nuclei: Nuclei) -> dict[str, float | int] | None:
-    """Counts per intensity class, positive % and H-score of IHC-scored nuclei; None when nothing was scored.
+def ihc_scores(counts: Mapping[int, int]) -> dict[str, float | int]:
+    """Counts per intensity class, positive % and H-score from the number of scored nuclei per score 0..3.
 
-    Positive % is the share of scored nuclei with score >= 1; H-score = 1 x %1+ + 2 x %2+ + 3 x %3+ (0..300).
-    Nuclei whose score is not finite are left out of both; with no scored nucleus both are 0.
+    Positive % is the share of scored nuclei with score >= 1; H-score = 1 x %1+ + 2 x %2+ + 3 x %3+ (0..300);
+    with no scored nucleus both are 0. Split from :func:`ihc_summary` so a whole slide can add its chunks' counts.
     """
-    scores = positivity_scores(nuclei)
-    if scores is None:
-        return None
-    scored = scores[scores != NO_CLASS]
-    counts = {name: int(np.count_nonzero(scored == code)) for code, name in IHC_CLASS_NAMES.items()}
-    total = len(scored)
-    percent = {code: 100.0 * np.count_nonzero(scored == code) / total if total else 0.0 for code in IHC_CLASS_NAMES}
+    total = sum(int(counts.get(code, 0)) for code in IHC_CLASS_NAMES)
+    percent = {code: 100.0 * int(counts.get(code, 0)) / total if total else 0.0 for code in IHC_CLASS_NAMES}
     return {
-        **counts,
+        **{name: int(counts.get(code, 0)) for code, name in IHC_CLASS_NAMES.items()},
         "positive_percent": round(float(percent[1] + percent[2] + percent[3]), 4),
         "h_score": round(float(percent[1] + 2 * percent[2] + 3 * percent[3]), 4),
     }
+
+
+def ihc_counts(nuclei: Nuclei) -> dict[int, int] | None:
+    """Scored nuclei per intensity score 0..3 (nuclei whose score is not finite are left out); None when nothing
+    was scored."""
+    scores = positivity_scores(nuclei)
+    if scores is None:
+        return None
+    return {code: int(np.count_nonzero(scores == code)) for code in IHC_CLASS_NAMES}
+
+
+def ihc_summary(nuclei: Nuclei) -> dict[str, float | int] | None:
+    """Counts per intensity class, positive % and H-score of IHC-scored nuclei (:func:`ihc_scores`); None when
+    nothing was scored."""
+    counts = ihc_counts(nuclei)
+    return None if counts is None else ihc_scores(counts)
 
 
 __all__ = [
@@ -114,6 +125,8 @@ __all__ = [
     "POSITIVITY",
     "UNCLASSIFIED",
     "OutputClasses",
+    "ihc_counts",
+    "ihc_scores",
     "ihc_summary",
     "output_classes",
     "positivity_scores",

@@ -41,7 +41,7 @@ from histostain.io.annotations import (
 from histostain.io.atomic import atomic_write_text
 from histostain.io.images import write_image, write_label_pages
 from histostain.segmentation.nuclei import Nuclei
-from histostain.segmentation.output_classes import NO_CLASS, ihc_summary, output_classes, type_names_of
+from histostain.segmentation.output_classes import NO_CLASS, ihc_counts, ihc_scores, output_classes, type_names_of
 from histostain.segmentation.overlay import render_overlay
 from histostain.vocabulary import RGB
 
@@ -201,16 +201,28 @@ def summary_row(image_name: str, nuclei: Nuclei) -> dict[str, Any]:
     when ``nuclei.mpp`` is known, else ``mean_area_px``), and for IHC-scored nuclei the counts of Negative / 1+ /
     2+ / 3+, ``positive_percent`` and ``h_score``. An image without nuclei gives zeros.
     """
-    row: dict[str, Any] = {"image": image_name, "nuclei": len(nuclei)}
-    row.update(type_counts(nuclei))
-    mean_px = float(np.mean(nuclei.areas)) if len(nuclei) else 0.0
-    if nuclei.mpp is not None:
-        row[AREA_UM2] = round(mean_px * nuclei.mpp**2, 4)
+    area_sum = float(np.sum(nuclei.areas, dtype=np.float64))
+    return summary_row_from(image_name, len(nuclei), type_counts(nuclei), area_sum, nuclei.mpp, ihc_counts(nuclei))
+
+
+def summary_row_from(
+    image_name: str,
+    nuclei: int,
+    types: Mapping[str, int],
+    area_sum_px: float,
+    mpp: float | None,
+    scores: Mapping[int, int] | None,
+) -> dict[str, Any]:
+    """:func:`summary_row` from totals: what a whole slide adds up chunk by chunk without keeping its nuclei."""
+    row: dict[str, Any] = {"image": image_name, "nuclei": int(nuclei)}
+    row.update({name: int(count) for name, count in types.items()})
+    mean_px = area_sum_px / nuclei if nuclei else 0.0
+    if mpp is not None:
+        row[AREA_UM2] = round(mean_px * mpp**2, 4)
     else:
         row[AREA_PX] = round(mean_px, 4)
-    ihc = ihc_summary(nuclei)
-    if ihc is not None:
-        row.update(ihc)
+    if scores is not None:
+        row.update(ihc_scores(scores))
     return row
 
 
@@ -252,6 +264,7 @@ __all__ = [
     "check_formats",
     "output_suffixes",
     "summary_row",
+    "summary_row_from",
     "type_counts",
     "write_outputs",
     "write_summary_csv",

@@ -47,6 +47,7 @@ from histostain.provenance import Provenance, plain
 from histostain.runtime.progress import progress_task
 from histostain.segmentation.chunks import DEFAULT_CHUNK, DEFAULT_MARGIN, Chunk, iter_kept
 from histostain.segmentation.nuclei import Nuclei
+from histostain.segmentation.output_classes import NO_CLASS, OutputClasses
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,19 @@ OVERVIEW_SIDE = 2048
 TISSUE_CHOICES = ("auto", "none")
 
 Region = Callable[[np.ndarray], Nuclei]
+
+
+@dataclass(frozen=True)
+class _TalliedClasses(OutputClasses):
+    """Output classes whose counts were added up over the chunks (the legend of the overview)."""
+
+    tally: dict[int, int] = field(default_factory=dict)
+
+    def counts(self) -> dict[int, int]:
+        named = {code: self.tally.get(code, 0) for code in self.names}
+        rest = {code: n for code, n in self.tally.items() if code not in named and code != NO_CLASS}
+        last = {NO_CLASS: self.tally[NO_CLASS]} if self.tally.get(NO_CLASS) else {}
+        return {**named, **rest, **last}
 
 
 def slide_suffixes(formats: Sequence[str], gzip_geojson: bool = True) -> dict[str, str]:
@@ -225,47 +239,33 @@ def _load_record(path: Path, first_id: int, mpp: float | None) -> Nuclei:
 # ------------------------------------------------------------------------------------------- writing
 
 
-class _Columns:
-    """The few numbers per nucleus the summary and the overview need, gathered while the records stream by."""
+class _Tally:
+    """The summary row of a slide, added up chunk by chunk (a few numbers, whatever the number of nuclei)."""
 
     def __init__(self) -> None:
-        self.parts: list[Nuclei] = []
+        self.nuclei = 0
+        self.area_sum = 0.0
+        self.types: dict[str, int] = {}
+        self.scores: dict[int, int] | None = None
 
     def add(self, nuclei: Nuclei) -> None:
-        light = copy.copy(nuclei)
-        light.contours = []
-        light.bboxes = np.zeros((0, 4), np.int64)
-        self.parts.append(light)
+        from histostain.segmentation.output_classes import ihc_counts
+        from histostain.segmentation.outputs import type_counts
 
-    def combined(self, mpp: float | None) -> Nuclei:
-        """One map-less :class:`Nuclei` of every nucleus (rows only), for ``summary_row`` and the overview."""
-        parts = self.parts
-        n = sum(len(p) for p in parts)
-        names = next((p.type_names for p in parts if p.type_names is not None), None)
+        self.nuclei += len(nuclei)
+        self.area_sum += float(np.sum(nuclei.areas, dtype=np.float64))
+        for name, count in type_counts(nuclei).items():
+            self.types[name] = self.types.get(name, 0) + count
+        counts = ihc_counts(nuclei)
+        if counts is not None:
+            self.scores = self.scores or {}
+            for code, count in counts.items():
+                self.scores[code] = self.scores.get(code, 0) + count
 
-        def column(name: str) -> np.ndarray | None:
-            values = [getattr(p, name) for p in parts]
-            if not parts or any(v is None for v in values):
-                return None
-            return np.concatenate(values)
+    def row(self, key: str, mpp: float | None) -> dict[str, Any]:
+        from histostain.segmentation.outputs import summary_row_from
 
-        measured = {}
-        for key in {k for p in parts for k in p.measurements}:
-            measured[key] = np.concatenate([p.measurements.get(key, np.full(len(p), np.nan)) for p in parts])
-        return Nuclei(
-            inst_map=np.zeros((0, 0), np.int32),
-            type_map=None,
-            ids=np.arange(1, n + 1),
-            centroids=np.concatenate([p.centroids for p in parts]) if parts else np.zeros((0, 2)),
-            bboxes=np.zeros((n, 4), np.int64),
-            contours=[None] * n,  # type: ignore[list-item]
-            areas=np.concatenate([p.areas for p in parts]) if parts else np.zeros(0),
-            types=column("types"),
-            type_probs=column("type_probs"),
-            measurements=measured,
-            type_names=names,
-            mpp=mpp,
-        )
+        return summary_row_from(key, self.nuclei, self.types, self.area_sum, mpp, self.scores)
 
 
 def _csv_rows(nuclei: Nuclei) -> Iterator[list[Any]]:
@@ -375,32 +375,55 @@ class _Writers:
             csv.writer(self.streams["csv"], lineterminator="\n").writerow(_csv_header(empty, mpp))
 
 
-def _overview(plan: SlidePlan, nuclei: Nuclei) -> np.ndarray:
-    """The slide's thumbnail with every nucleus a dot in its class colour, the ROI outlined, and the legend."""
-    import cv2
+class _Overview:
+    """The slide's thumbnail with every nucleus drawn as a dot in its class colour as the chunks stream by, the
+    ROI outlined, and a legend with the counts per class."""
 
-    from histostain.segmentation.output_classes import NO_CLASS, output_classes
-    from histostain.segmentation.overlay import NUCLEUS_COLOUR, legend_entries, render_legend
+    def __init__(self, plan: SlidePlan) -> None:
+        slide = plan.slide
+        level = max([0] + [i for i, (h, w) in enumerate(slide.levels) if max(h, w) >= OVERVIEW_SIDE])
+        self.image = np.ascontiguousarray(slide.read_level_scaled(level, OVERVIEW_SIDE))
+        height, width = slide.dimensions
+        self.sx, self.sy = self.image.shape[1] / width, self.image.shape[0] / height
+        self.radius = max(1, round(min(self.image.shape[:2]) / 600))
+        self.plan = plan
+        self.kind = "none"
+        self.tally: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+        self.colours: dict[int, Any] = {}
 
-    slide = plan.slide
-    level = max([0] + [i for i, (h, w) in enumerate(slide.levels) if max(h, w) >= OVERVIEW_SIDE])
-    thumb = np.ascontiguousarray(slide.read_level_scaled(level, OVERVIEW_SIDE))
-    height, width = slide.dimensions
-    sx, sy = thumb.shape[1] / width, thumb.shape[0] / height
-    classes = output_classes(nuclei)
-    radius = max(1, round(min(thumb.shape[:2]) / 600))
-    points = np.rint(nuclei.centroids * [sx, sy]).astype(np.int64)
-    for code in np.unique(classes.codes).tolist():
-        colour = NUCLEUS_COLOUR if code == NO_CLASS else classes.colours[code]
-        for x, y in points[classes.codes == code].tolist():
-            cv2.circle(thumb, (x, y), radius, tuple(int(c) for c in colour), -1, lineType=cv2.LINE_AA)
-    roi = plan.roi
-    if (roi.width, roi.height) != (width, height):
-        corner0 = (round(roi.x * sx), round(roi.y * sy))
-        corner1 = (round((roi.x + roi.width) * sx), round((roi.y + roi.height) * sy))
-        cv2.rectangle(thumb, corner0, corner1, (0, 0, 0), max(1, radius))
-    legend = render_legend(legend_entries(classes, len(nuclei)), thumb.shape[1])
-    return np.concatenate([thumb, legend], axis=0)
+    def add(self, nuclei: Nuclei) -> None:
+        import cv2
+
+        from histostain.segmentation.output_classes import NO_CLASS, output_classes
+        from histostain.segmentation.overlay import NUCLEUS_COLOUR
+
+        classes = output_classes(nuclei)
+        if classes.kind != "none":
+            self.kind = classes.kind
+        self.names.update(classes.names)
+        self.colours.update(classes.colours)
+        for code, count in classes.counts().items():
+            self.tally[code] = self.tally.get(code, 0) + count
+        points = np.rint(nuclei.centroids * [self.sx, self.sy]).astype(np.int64)
+        for code in np.unique(classes.codes).tolist():
+            colour = NUCLEUS_COLOUR if code == NO_CLASS else classes.colours[code]
+            for x, y in points[classes.codes == code].tolist():
+                cv2.circle(self.image, (x, y), self.radius, tuple(int(c) for c in colour), -1, lineType=cv2.LINE_AA)
+
+    def render(self) -> np.ndarray:
+        import cv2
+
+        from histostain.segmentation.overlay import legend_entries, render_legend
+
+        roi, (height, width) = self.plan.roi, self.plan.slide.dimensions
+        if (roi.width, roi.height) != (width, height):
+            corner0 = (round(roi.x * self.sx), round(roi.y * self.sy))
+            corner1 = (round((roi.x + roi.width) * self.sx), round((roi.y + roi.height) * self.sy))
+            cv2.rectangle(self.image, corner0, corner1, (0, 0, 0), max(1, self.radius))
+        classes = _TalliedClasses(self.kind, np.zeros(0, np.int64), self.names, self.colours, dict(self.tally))
+        legend = render_legend(legend_entries(classes, sum(self.tally.values())), self.image.shape[1])
+        return np.concatenate([self.image, legend], axis=0)
 
 
 # ------------------------------------------------------------------------------------------- the service
@@ -465,7 +488,6 @@ def segment_slide(
     it is segmented: the pipeline's IHC -> H&E translation. ``key`` names the outputs (default: the file stem).
     """
     from histostain.io.slides import open_slide
-    from histostain.segmentation.outputs import summary_row
 
     unknown = [name for name in formats if name not in SLIDE_FORMATS]
     if unknown:
@@ -524,8 +546,8 @@ def segment_slide(
                     report.segmented += 1
                     report.megapixels += (part.y1 - part.y0) * (part.x1 - part.x0) / 1e6
                 task.advance()
-        combined = _finish(plan, mask, work, targets, stem, source.name)
-        report.nuclei = len(combined)
+        row = _finish(plan, mask, work, targets, stem, source.name)
+        report.nuclei = int(row["nuclei"])
         details = {
             "slide": str(source.resolve()),
             "format": slide.format,
@@ -542,7 +564,7 @@ def segment_slide(
     report.seconds = time.perf_counter() - started
     details["seconds"] = round(report.seconds, 3)
     atomic_write_text(sidecar, json.dumps(plain(details), indent=1) + "\n")
-    atomic_write_text(row_path, json.dumps(plain(summary_row(stem, combined))) + "\n")
+    atomic_write_text(row_path, json.dumps(plain(row)) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return report
 
@@ -552,31 +574,30 @@ def _finish(
     mask: Any,
     work: Path,
     targets: dict[str, Path],
-    stem: str,
+    key: str,
     image_name: str,
-) -> Nuclei:
-    """Stream every chunk record, in plan order, into the outputs; return the per-nucleus rows (no contours)
-    for the summary."""
+) -> dict[str, Any]:
+    """Stream every chunk record, in plan order, into the outputs and the overview; return the summary row."""
     from histostain.io.images import write_image
 
-    columns = _Columns()
+    tally = _Tally()
+    overview = _Overview(plan) if "png" in targets else None
     size = (plan.slide.dimensions[1], plan.slide.dimensions[0])
-    next_id = 1
     records = [_record_path(work, index) for index, part in enumerate(plan.chunks) if plan.in_tissue(part, mask)]
     with contextlib.ExitStack() as stack:
         writers = _Writers(stack, targets, image_name, size)
-        with progress_task(f"writing {stem}", total=len(records), unit="chunk") as task:
+        with progress_task(f"writing {key}", total=len(records), unit="chunk") as task:
             for record_path in records:
-                nuclei = _load_record(record_path, next_id, plan.slide.mpp)
-                next_id += len(nuclei)
+                nuclei = _load_record(record_path, tally.nuclei + 1, plan.slide.mpp)
                 writers.add(nuclei)
-                columns.add(nuclei)
+                tally.add(nuclei)
+                if overview is not None:
+                    overview.add(nuclei)
                 task.advance()
         writers.close(plan.slide.mpp)
-    combined = columns.combined(plan.slide.mpp)
-    if "png" in targets:
-        write_image(targets["png"], _overview(plan, combined))
-    return combined
+    if overview is not None:
+        write_image(targets["png"], overview.render())
+    return tally.row(key, plan.slide.mpp)
 
 
 __all__ = [

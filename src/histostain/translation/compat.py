@@ -15,6 +15,10 @@ Formats (tried in this order, every file read with ``weights_only=True``):
     Jorge-G-P/IHC_HE_GenAI ``generator_HE.tar`` style ``{"state_dict": ..., "optimizer": ..., "epoch": ...}`` files.
     Keys are renamed to the reference layout and the seed's variant is built (no norm after the stem,
     reflect-padded stride-2 convs), so the outputs are what the seed model computes.
+``reference`` pix2pix
+    A reference pix2pix ``latest_net_G.pth`` of a U-Net (``--netG unet_256``: keys ``model.model...``) is read by
+    ``pix2pix_compat`` into :class:`~histostain.translation.pix2pix.UnetGenerator` (record ``arch`` ``unet_256``);
+    a ``resnet_9blocks`` pix2pix generator has the CycleGAN layout with batch norm and loads as above.
 
 Anything else is a :class:`~histostain.errors.WeightsError` that says what was expected and what was found.
 """
@@ -51,6 +55,7 @@ from histostain.translation.cyclegan import (
     build_generator,
     generator_config,
 )
+from histostain.translation.pix2pix_compat import is_unet_generator, prepare_unet
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +72,7 @@ _REF_BLOCK = re.compile(r"^model\.(\d+)\.conv_block\.(\d+)\.")
 class _Found:
     """A generator built and loaded from one file, before the public record is made."""
 
-    model: ResnetGenerator
+    model: nn.Module  # a ResnetGenerator, or a pix2pix UnetGenerator
     format: str  # one of FORMATS
     config: dict[str, Any]
     direction: str | None = None  # ihc2he / he2ihc when known (or requested)
@@ -240,6 +245,24 @@ def generator_from_reference(state_dict: Mapping[str, Any], path: Path, format_n
     if stripped:
         notes.append(f"stripped the {', '.join(stripped)} prefix")
     return _Found(model=model, format=format_name, config=config, notes=notes)
+
+
+def generator_from_unet(state_dict: Mapping[str, Any], path: Path) -> _Found:
+    """Build and strictly load a pix2pix U-Net from a reference-layout state dict (``pix2pix_compat``)."""
+    cleaned, stripped = clean_state_dict(state_dict)
+    try:
+        model, config, prepared, notes = prepare_unet(cleaned)
+    except (KeyError, ValueError, ConfigError) as exc:
+        raise WeightsError(
+            f"{path}: looks like a pix2pix U-Net generator but its layout is not readable ({exc})"
+        ) from exc
+    prepared, dropped = drop_stale_norm_entries(model, prepared)
+    _load_strict(model, prepared, path, "pix2pix U-Net")
+    if dropped:
+        notes.append(f"dropped {len(dropped)} stale instance-norm statistics entries")
+    if stripped:
+        notes.append(f"stripped the {', '.join(stripped)} prefix")
+    return _Found(model=model, format="reference", config=config, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------- seed format
@@ -461,8 +484,11 @@ def _read(path: Path) -> Any:
         return load_checkpoint(path)
 
 
-def load_generator(path: str | os.PathLike[str], direction: str | None = None) -> tuple[ResnetGenerator, LoadedWeights]:
+def load_generator(path: str | os.PathLike[str], direction: str | None = None) -> tuple[nn.Module, LoadedWeights]:
     """Detect the format of ``path`` and return the generator it holds (eval mode, CPU) and what was loaded.
+
+    The generator is a :class:`ResnetGenerator` (CycleGAN, or pix2pix ``resnet_*blocks``) or, for a reference
+    pix2pix U-Net file, a :class:`~histostain.translation.pix2pix.UnetGenerator`; ``record.arch`` tells which.
 
     ``direction`` (``ihc2he`` / ``he2ihc``) picks the generator of a training checkpoint; for single-generator
     files it is checked against what the file records (or, for seed files, its name) and kept as metadata.
@@ -470,12 +496,15 @@ def load_generator(path: str | os.PathLike[str], direction: str | None = None) -
     file = Path(path)
     direction = _check_direction(direction)
     payload = _read(file)
-    tried = "histostain checkpoint, reference CycleGAN *_net_G.pth state dict, seed {'state_dict': ...} file"
+    tried = "histostain checkpoint, reference CycleGAN or pix2pix *_net_G.pth state dict, seed {'state_dict': ...} file"
 
     if is_histostain_checkpoint(payload):
         loaded = generator_from_histostain(payload, file, direction)
     elif _is_tensor_dict(payload) and is_reference_generator(strip_wrappers(payload)):
         loaded = generator_from_reference(payload, file)
+        loaded.direction = direction
+    elif _is_tensor_dict(payload) and is_unet_generator(strip_wrappers(payload)):
+        loaded = generator_from_unet(payload, file)
         loaded.direction = direction
     elif isinstance(payload, Mapping) and _is_tensor_dict(payload.get("state_dict")):
         inner = strip_wrappers(payload["state_dict"])
@@ -483,6 +512,8 @@ def load_generator(path: str | os.PathLike[str], direction: str | None = None) -
             loaded = generator_from_seed(inner, file)
         elif is_reference_generator(inner):
             loaded = generator_from_reference(inner, file)
+        elif is_unet_generator(inner):
+            loaded = generator_from_unet(inner, file)
         else:
             raise WeightsError(
                 f"{file}: expected a CycleGAN generator state dict; found {describe_keys(sorted(inner))}",
@@ -517,7 +548,7 @@ def load_generator(path: str | os.PathLike[str], direction: str | None = None) -
     record = LoadedWeights(
         path=file,
         format=loaded.format,
-        arch=GENERATOR_ARCH,
+        arch=str(loaded.config.get("arch", GENERATOR_ARCH)),
         config=dict(loaded.config),
         sha256=sha256_file(file),
         direction=loaded.direction,
@@ -547,6 +578,7 @@ __all__ = [
     "drop_stale_norm_entries",
     "generator_from_reference",
     "generator_from_seed",
+    "generator_from_unet",
     "infer_reference_config",
     "is_reference_generator",
     "is_seed_generator",

@@ -9,6 +9,12 @@ Conventions (those of the reference's training and test code, except the roundin
   bottom/right to a multiple of 4 (the generator's two stride-2 stages need it) and cropped back. Larger images
   are cut into overlapping tiles (``io.tiling.plan_image``) whose side is adapted to the image so that as few
   pixels as possible are computed twice, and blended back with raised-cosine ramps (no seams).
+* pix2pix U-Net generators (``unet_256``) need sides that are multiples of 256: their tiles are multiples of 256
+  (the largest not above ``--tile``, at least 256) and a smaller or odd-sized input is padded by the network
+  itself (``pix2pix.pad_to_multiple``) and cropped back.
+* batch-norm generators (pix2pix) run with ``norm_mode`` ``eval`` (stored running statistics) or ``per-input``
+  (each network input's own statistics); see ``pix2pix.set_norm_mode``. Instance-norm CycleGAN generators have
+  no batch norm: the option does not apply to them and changes nothing.
 
 Many files go through the batch engine (``io.batch``: inputs, sharding, resume, run record, I/O threads);
 this module supplies its step, :class:`TranslateStep`, which streams the tiles of consecutive images through
@@ -43,12 +49,21 @@ from histostain.io.inputs import OutputNames, outputs_with
 from histostain.io.ome_writer import DEFAULT_COMPRESSION as DEFAULT_SLIDE_COMPRESSION
 from histostain.io.ome_writer import check_compression
 from histostain.io.sharding import shard_device
-from histostain.io.tiling import MIN_SIDE, Stitcher, TileBatcher, TilePlan, extract_region, plan_image
+from histostain.io.tiling import (
+    MIN_SIDE,
+    Stitcher,
+    TileBatcher,
+    TilePlan,
+    extract_region,
+    plan_image,
+    plan_tiles,
+)
 from histostain.provenance import Provenance
 from histostain.runtime.checkpoint import LoadedWeights
 from histostain.runtime.device import DeviceManager
 from histostain.segmentation.chunks import DEFAULT_CHUNK as DEFAULT_SLIDE_CHUNK
 from histostain.translation.compat import DIRECTIONS, load_generator
+from histostain.translation.pix2pix import DEFAULT_NORM_MODE, batch_norm_layers, check_norm_mode, set_norm_mode
 
 if TYPE_CHECKING:
     from histostain.io.slide_inputs import SlideInput
@@ -81,6 +96,28 @@ def _check_options(tile: int, overlap: int, batch_size: int) -> None:
         plan_image(tile, tile, tile, overlap)  # the remaining rule: an overlap below half the tile
     except ConfigError as exc:
         raise ConfigError(f"--overlap {overlap} with --tile {tile}: {exc.message}", hint=exc.hint) from exc
+
+
+def plan_for_multiple(height: int, width: int, tile: int, overlap: int, multiple: int) -> TilePlan:
+    """:func:`plan_image` for a generator whose input sides must be multiples of ``multiple`` (U-Net: 256).
+
+    An image whose 4-aligned size fits in ``tile`` runs whole (the network pads it to the multiple itself);
+    larger images are cut into tiles whose side is the largest multiple of ``multiple`` not above ``tile``
+    (``multiple`` itself when ``tile`` is smaller), so no tile is padded inside the network.
+    """
+    if multiple <= 4:
+        return plan_image(height, width, tile, overlap)
+    plan = plan_image(height, width, tile, overlap)  # validates the image and the options
+    if plan.grid is None:
+        return plan
+    side = max(multiple, (tile // multiple) * multiple)
+    if 2 * overlap + 4 > side:
+        raise ConfigError(
+            f"--overlap {overlap}: too large for this generator's {side}-pixel tiles (sides must be multiples of "
+            f"{multiple})",
+            hint=f"use --overlap {(side - 4) // 2} or less",
+        )
+    return TilePlan(height, width, (side, side), plan_tiles(height, width, side, overlap))
 
 
 @dataclass
@@ -129,8 +166,22 @@ class Translator:
         batch_size: int = DEFAULT_BATCH_SIZE,
         direction: str | None = None,
         source: LoadedWeights | None = None,
+        norm_mode: str = DEFAULT_NORM_MODE,
     ) -> None:
+        """``norm_mode`` (batch-norm generators only, e.g. pix2pix): ``eval`` normalises with the running
+        statistics stored in the weights, as the reference ``test.py --eval``; ``per-input`` with the statistics
+        of each network input (the whole image, or one tile), as the reference ``test.py`` without ``--eval``
+        (train-mode batch norm at batch size 1). Dropout stays off in both, so outputs are deterministic: the
+        reference without ``--eval`` also keeps dropout on, which makes every run and every overlapping tile
+        differ, and a resumed or sharded run would mix samples. The model is switched in place. Generators
+        without batch norm (CycleGAN's instance norm) ignore the option."""
         _check_options(tile, overlap, batch_size)
+        self.norm_mode = check_norm_mode(norm_mode)
+        self.batch_norms = batch_norm_layers(model)
+        if self.batch_norms:
+            set_norm_mode(model, self.norm_mode)
+        # input sides the network needs multiples of: 256 for a unet_256 (read before any device wrapping)
+        self.size_multiple = int(getattr(model, "size_multiple", 4))
         self.device = device if device is not None else DeviceManager.create()
         self.model = self.device.prepare_model(model).eval()
         self.tile, self.overlap, self.batch_size = tile, overlap, batch_size
@@ -154,7 +205,7 @@ class Translator:
         return cls(model, device, direction=loaded.direction, source=loaded, **options)
 
     def plan(self, height: int, width: int) -> TilePlan:
-        return plan_image(height, width, self.tile, self.overlap)
+        return plan_for_multiple(height, width, self.tile, self.overlap, self.size_multiple)
 
     def weights_sha256(self) -> str:
         """The weights file's SHA-256, or for a model built in memory one over its tensors (names, shapes, bytes)."""
@@ -258,13 +309,16 @@ class TranslateStep(BatchStep[np.ndarray, _Job]):
 
     def settings(self) -> dict[str, Any]:
         t = self.translator
-        return {
+        settings: dict[str, Any] = {
             "weights_sha256": t.weights_sha256(),
             "direction": t.direction,
             "tile": t.tile,
             "overlap": t.overlap,
             "format": self.format,
         }
+        if t.batch_norms:  # only where it changes the pixels: CycleGAN records stay as they were
+            settings["norm_mode"] = t.norm_mode
+        return settings
 
     def describe(self) -> dict[str, Any]:
         t = self.translator
@@ -396,7 +450,7 @@ def load_translator(
     **options: Any,
 ) -> Translator:
     """The Translator ``weights`` names (a generator file, a ``train cyclegan`` run folder or a registry name),
-    with the direction checked against the model card; ``options``: tile, overlap, batch_size."""
+    with the direction checked against the model card; ``options``: tile, overlap, batch_size, norm_mode."""
     from histostain.weights.resolve import resolve_weights
 
     resolved = resolve_weights(weights, task="translation", settings=settings)
@@ -447,6 +501,7 @@ def translate_paths(
     chunk: int = DEFAULT_SLIDE_CHUNK,
     mpp: float | None = None,
     compression: str = DEFAULT_SLIDE_COMPRESSION,
+    norm_mode: str = DEFAULT_NORM_MODE,
 ) -> TranslateReport:
     """The ``translate`` command: check inputs and options, load the weights, run the batch engine.
 
@@ -458,6 +513,7 @@ def translate_paths(
     Whole slides among the inputs (``io.slides.is_slide``) are translated one by one into tiled pyramidal
     OME-TIFFs (``slide_translate.translate_slide``; ``roi``, ``tissue_mask``, ``chunk``, ``mpp`` and
     ``compression`` apply to them only); every other input goes through the batch engine as before.
+    ``norm_mode``: batch-norm (pix2pix) generators only, see :class:`Translator`.
     """
     from histostain.io.slide_inputs import prepare_inputs
     from histostain.io.slide_regions import parse_roi
@@ -465,6 +521,7 @@ def translate_paths(
     from histostain.translation.slide_translate import check_slide, check_tissue_option, translate_slide
 
     _check_options(tile, overlap, batch_size)
+    norm_mode = check_norm_mode(norm_mode)
     outputs = image_outputs(fmt)
     batch = prepare_inputs(
         inputs, out_dir, command=COMMAND, image_outputs=lambda: outputs, slide_outputs=_slide_outputs,
@@ -483,7 +540,14 @@ def translate_paths(
             check_slide(slide.source, mpp=mpp, roi=area, tissue=choice)
     manager = shard_device(device if device is not None else DeviceManager.create(), shard)
     translator = load_translator(
-        weights, direction, manager, settings=settings, tile=tile, overlap=overlap, batch_size=batch_size
+        weights,
+        direction,
+        manager,
+        settings=settings,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        norm_mode=norm_mode,
     )
     assert translator.source is not None
     log.info("translating with the %s (%s)", translator.source.describe(), translator.direction or "?")
@@ -524,6 +588,7 @@ def translate_paths(
 __all__ = [
     "COMMAND",
     "load_translator",
+    "plan_for_multiple",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
