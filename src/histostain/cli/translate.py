@@ -120,7 +120,7 @@ def translate(
     part_id: PartIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Translate IHC <-> H&E with a CycleGAN or pix2pix generator; output size = input size, names keep the input stem.
+    """Translate IHC <-> H&E with a CycleGAN generator; output size = input size, names keep the input stem.
 
     Whole slides (.svs, .ndpi, pyramidal TIFF, ...) become tiled pyramidal OME-TIFFs (<stem>.ome.tif), made
     chunk by chunk in bounded memory; glass is skipped and a killed run resumes where it stopped.

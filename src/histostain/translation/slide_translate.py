@@ -163,7 +163,9 @@ def _tissue_mask(choice: str | Path | None, slide: Any) -> tuple[TissueMask | No
 
 def _settings(plan: SlidePlan, translator: Translator, tissue: Any, compression: str, quality: int) -> dict[str, Any]:
     """Everything that decides the output's bytes (compared when a run resumes)."""
+    extra = {"norm_mode": translator.norm_mode} if getattr(translator, "batch_norms", None) else {}
     return {
+        **extra,
         "format_version": FORMAT_VERSION,
         **plan.describe(),
         "slide_bytes": plan.slide.path.stat().st_size if plan.slide.path.is_file() else None,
