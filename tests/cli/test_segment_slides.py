@@ -153,3 +153,23 @@ def test_packaged_hovernet_on_a_slide_equals_the_in_memory_run(slide: Path, tmp_
     for a, b in ((found, expected), (expected, found)):
         distances, _ = cKDTree(b).query(a)
         assert np.mean(distances <= 1.0) >= 0.995
+
+
+def test_the_real_slide_is_segmented_in_slide_coordinates(run_cli: CliRunner, tmp_path: Path) -> None:
+    """CMU-1-Small-Region.svs (real Aperio H&E, 0.499 um/px): a region of it, nuclei inside the region only,
+    with sizes of real nuclei."""
+    real = Path(__file__).resolve().parents[1] / "data" / "slides" / "CMU-1-Small-Region.svs"
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(["-q", "segment", str(real), "-o", str(out), "--roi", "1300,1350,600,500", "--json"])
+    assert code == 0, stderr
+    (report,) = json.loads(stdout)["slides"]
+    assert report["mpp"] == pytest.approx(0.499) and report["level"] == 0  # within 5 % of 0.5: its own pixels
+    with gzip.open(out / "CMU-1-Small-Region.nuclei.csv.gz", "rt") as handle:
+        import csv
+
+        rows = list(csv.DictReader(handle))
+    assert len(rows) > 100
+    xy = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    assert (xy[:, 0] >= 1300).all() and (xy[:, 0] < 1900).all() and (xy[:, 1] >= 1350).all() and (xy[:, 1] < 1850).all()
+    area = np.median([float(r["area_um2"]) for r in rows])
+    assert 5 <= area <= 100  # um^2: nuclei, not tissue fragments or specks
