@@ -2,7 +2,14 @@
 
 The dataset is built in a hidden sibling folder and renamed onto ``out`` only when every file is written, so an
 interrupted run never leaves a folder that looks complete. ``out/synth.json`` records the options, the
-histostain version, the counts and where every ``--quirks`` irregularity was injected.
+histostain version, the renderer, the counts and where every ``--quirks`` irregularity was injected.
+
+Renderers (``renderer``): ``beer-lambert`` (default) renders H&E and IHC procedurally; ``pix2pix`` renders the
+H&E of every tile with a label-map -> H&E generator (``weights``) from the tile's encoded label map
+(:mod:`histostain.synth.label_maps`), while the layout, the ground truth and the IHC stay exactly those of the
+Beer-Lambert run with the same seed (the IHC has no learned renderer: a BCI pair is generator H&E + Beer-Lambert
+IHC of one layout, still pixel-aligned). A layout that writes no H&E (EndoNuke: IHC images only) is refused with
+``pix2pix``, since the generator would change nothing written.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from histostain.errors import ConfigError
 from histostain.io.atomic import atomic_directory
@@ -29,10 +36,17 @@ from histostain.synth.generate import generate_tile, tile_seeds
 from histostain.synth.writers import WRITERS
 from histostain.vocabulary import ENDONUKE_CLASS_NAMES
 
+if TYPE_CHECKING:
+    from histostain.runtime.device import DeviceManager
+    from histostain.settings import ResolvedSettings, Settings
+
 log = logging.getLogger(__name__)
 
 LAYOUTS: tuple[str, ...] = tuple(WRITERS)
 MANIFEST = "synth.json"
+RENDERERS: tuple[str, ...] = ("beer-lambert", "pix2pix")
+HE_LAYOUTS: tuple[str, ...] = ("bci", "pannuke", "tiles")  # the layouts that write H&E images
+BEER_LAMBERT_RECORD: dict[str, str] = {"he": "beer-lambert", "ihc": "beer-lambert"}
 
 
 @dataclass
@@ -51,6 +65,7 @@ class SynthSummary:
     tiles_per_second: float
     quirk_records: list[dict[str, Any]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    renderer: dict[str, Any] = field(default_factory=lambda: dict(BEER_LAMBERT_RECORD))
 
     @property
     def total_nuclei(self) -> int:
@@ -87,10 +102,39 @@ def _replacing_directory(out: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def validate_options(layout: str, n: int, size: int | None, seed: int, quirks: bool, **options: Any) -> None:
+def check_renderer(layout: str, renderer: str, weights: str | os.PathLike[str] | None) -> None:
+    """Raise ConfigError for a renderer the layout cannot use, or ``--weights`` given or missing wrongly."""
+    if renderer not in RENDERERS:
+        raise ConfigError(f"unknown renderer {renderer!r}", hint=f"choose one of {', '.join(RENDERERS)}")
+    if renderer == "pix2pix" and weights is None:
+        raise ConfigError(
+            "--renderer pix2pix needs --weights",
+            hint="pass a label-map -> H&E generator (train pix2pix --source labels)",
+        )
+    if renderer != "pix2pix" and weights is not None:
+        raise ConfigError("--weights is only used with --renderer pix2pix", hint="add --renderer pix2pix, or drop it")
+    if renderer == "pix2pix" and layout in WRITERS and layout not in HE_LAYOUTS:
+        raise ConfigError(
+            f"--renderer pix2pix renders H&E, and the {layout} layout writes IHC images only",
+            hint=f"use it with {', '.join(HE_LAYOUTS)}; {layout} is rendered with beer-lambert",
+        )
+
+
+def validate_options(
+    layout: str,
+    n: int,
+    size: int | None,
+    seed: int,
+    quirks: bool,
+    *,
+    renderer: str = "beer-lambert",
+    weights: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> None:
     """Raise ConfigError with a one-line message for an invalid combination of options."""
     if layout not in WRITERS:
         raise ConfigError(f"unknown layout {layout!r}", hint=f"choose one of {', '.join(LAYOUTS)}")
+    check_renderer(layout, renderer, weights)
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
     if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
@@ -111,20 +155,36 @@ def write_dataset(
     overwrite: bool = False,
     folds: int = 3,
     provenance: Provenance | None = None,
+    renderer: str = "beer-lambert",
+    weights: str | os.PathLike[str] | None = None,
+    device: DeviceManager | None = None,
+    settings: Settings | ResolvedSettings | None = None,
 ) -> SynthSummary:
     """Generate ``n`` tiles from ``seed`` and write them in ``layout`` under ``out``; return the summary.
 
     ``size`` defaults to the layout's published size (``DEFAULT_SIZES``: BCI 1024, PanNuke and tiles 256, EndoNuke a
     mix of 200 and 400); ``folds`` applies to PanNuke. The same seed and
     options give byte-identical files.
+
+    ``renderer="pix2pix"`` renders the H&E with the generator ``weights`` (see the module docstring), loaded once
+    before anything is written, on ``device`` (default: the CPU/GPU ``DeviceManager.create`` picks); ``settings``
+    is read only to resolve a run folder or registry name.
     """
     options: dict[str, Any] = {"folds": folds} if layout == "pannuke" else {}
-    validate_options(layout, n, size, seed, quirks, **options)
+    validate_options(layout, n, size, seed, quirks, renderer=renderer, weights=weights, **options)
     out = Path(out)
     replace = _check_out(out, overwrite)
     record = record_or_capture(
-        provenance, layout=layout, out=out, n=n, size=size, seed=seed, quirks=quirks, overwrite=overwrite, **options
-    )
+        provenance, layout=layout, out=out, n=n, size=size, seed=seed, quirks=quirks, overwrite=overwrite,
+        renderer=renderer, weights=None if weights is None else str(weights), **options,
+    )  # fmt: skip
+    painter = None
+    if renderer == "pix2pix":
+        assert weights is not None
+        from histostain.synth.label_maps import LabelMapRenderer  # loads torch
+
+        painter = LabelMapRenderer(weights, device, settings=settings)
+    rendered = dict(BEER_LAMBERT_RECORD) if painter is None else painter.record()
     started = time.perf_counter()
     # the classes the layout's labels carry: EndoNuke's keypoint files have stroma/epithelium/other
     classes = "endonuke" if layout == "endonuke" else "pannuke"
@@ -146,6 +206,8 @@ def write_dataset(
                     inflammation=spec.inflammation,
                     marker=spec.marker,
                 )
+                if painter is not None:  # same layout and ground truth, generated H&E
+                    tile.he = painter.render(tile)
                 writer.add(spec, tile)
                 for name, count in tile.counts(classes).items():
                     counts[name] += count
@@ -167,6 +229,7 @@ def write_dataset(
             tiles_per_second=round(n / seconds, 2) if seconds > 0 else 0.0,
             quirk_records=writer.quirk_records,
             options=options,
+            renderer=rendered,
         )
         manifest = {
             "generator": "histostain synth",
@@ -179,6 +242,7 @@ def write_dataset(
             "options": options,
             "nuclei": counts,
             "quirk_records": writer.quirk_records,
+            "renderer": rendered,
         }
         # No timings here: the same seed and options give byte-identical data files (only the provenance record,
         # with its command line and creation time, differs between two runs).
