@@ -45,7 +45,7 @@ class RootGroup(LazyGroup):
         LazyCommand(
             "train",
             "histostain.cli.train:train_app",
-            "Train models: CycleGAN stain translation (cyclegan), HoVer-Net nuclei segmentation (hovernet).",
+            "Train models: stain translation (cyclegan, pix2pix), HoVer-Net nuclei segmentation (hovernet).",
         ),
         LazyCommand(
             "translate",

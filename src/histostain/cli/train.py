@@ -1,4 +1,4 @@
-"""`histostain train cyclegan|hovernet`: train a CycleGAN on prepared BCI or HoVer-Net on prepared PanNuke.
+"""`histostain train cyclegan|pix2pix|hovernet`: stain translation on prepared BCI, or HoVer-Net on PanNuke.
 
 Each command parses its flags, hands them to its service with the invocation's provenance record, and renders
 the one closing summary. Help texts and shown defaults come from the trainers' config models (torch-free);
@@ -25,13 +25,14 @@ from histostain.cli.options import (
     config_flag,
 )
 from histostain.segmentation.config import HoVerNetConfig
+from histostain.translation.pix2pix_config import Pix2PixConfig
 from histostain.translation.train_config import CycleGANConfig
 
 if TYPE_CHECKING:
     from histostain.runtime.training import FitResult, LoopOptions
 
 train_app = typer.Typer(
-    help="Train models: CycleGAN stain translation (cyclegan), HoVer-Net nuclei segmentation (hovernet).",
+    help="Train models: stain translation (cyclegan, pix2pix), HoVer-Net nuclei segmentation (hovernet).",
     no_args_is_help=True,
 )
 
@@ -151,6 +152,73 @@ def cyclegan(
         resume=resume,
         overwrite=overwrite,
         overrides=_overrides(ctx, CycleGANConfig),
+        config_file=config,
+        provenance=provenance(ctx),
+    )
+    _finish(result, resolved, as_json)
+
+
+P2P = Pix2PixConfig
+
+
+@train_app.command(
+    "pix2pix",
+    epilog="Example: histostain train pix2pix prepared/bci --name bci_pyramid --loss pyramid --direction he2ihc",
+)
+def pix2pix(
+    ctx: typer.Context,
+    prepared: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PREPARED",
+            help="A prepared BCI folder (`histostain prepare bci`), or prepared PanNuke with --source labels.",
+        ),
+    ],
+    name: RunNameOpt,
+    config: TrainConfigOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    resume: ResumeOpt = False,
+    overwrite: TrainOverwriteOpt = False,
+    source: Annotated[str | None, config_flag(P2P, "source")] = None,
+    direction: Annotated[str | None, config_flag(P2P, "direction")] = None,
+    loss: Annotated[str | None, config_flag(P2P, "loss")] = None,
+    lambda_l1: Annotated[
+        float | None, config_flag(P2P, "lambda_l1", shown="100 (25 with --loss pyramid)", flag="--lambda-l1")
+    ] = None,
+    gan_mode: Annotated[
+        str | None, config_flag(P2P, "gan_mode", text="GAN loss: vanilla (BCE with logits) | lsgan")
+    ] = None,
+    epochs: Annotated[int | None, config_flag(P2P, "epochs")] = None,
+    epochs_decay: Annotated[int | None, config_flag(P2P, "epochs_decay")] = None,
+    batch_size: Annotated[int | None, config_flag(P2P, "batch_size")] = None,
+    lr: Annotated[float | None, config_flag(P2P, "lr")] = None,
+    crop: Annotated[int | None, config_flag(P2P, "crop")] = None,
+    net_g: Annotated[str | None, config_flag(P2P, "net_g")] = None,
+    ngf: Annotated[int | None, config_flag(P2P, "ngf")] = None,
+    ndf: Annotated[int | None, config_flag(P2P, "ndf")] = None,
+    dropout: Annotated[bool | None, config_flag(P2P, "dropout")] = None,
+    norm_mode: Annotated[str | None, config_flag(P2P, "norm_mode")] = None,
+    max_steps: Annotated[int | None, config_flag(P2P, "max_steps", shown=NO_LIMIT)] = None,
+    seed: Annotated[int | None, config_flag(P2P, "seed")] = None,
+    num_workers: Annotated[int | None, config_flag(P2P, "num_workers")] = None,
+    save_every: Annotated[int | None, config_flag(P2P, "save_every")] = None,
+    log_every: Annotated[int | None, config_flag(P2P, "log_every")] = None,
+    sample_every: Annotated[int | None, config_flag(P2P, "sample_every")] = None,
+    val_every: Annotated[int | None, config_flag(P2P, "val_every")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train pix2pix (reference defaults; --loss pyramid: PyramidPix2pix) on prepared BCI; resumable; torchrun."""
+    manager = state(ctx).device_manager()
+    from histostain.translation.pix2pix_train import train_pix2pix
+
+    resolved, result = train_pix2pix(
+        prepared,
+        name=name,
+        runs_dir=runs_dir,
+        manager=manager,
+        resume=resume,
+        overwrite=overwrite,
+        overrides=_overrides(ctx, Pix2PixConfig),
         config_file=config,
         provenance=provenance(ctx),
     )

@@ -32,7 +32,7 @@ EXAMPLE = (
 )
 SLIDE_CHUNK = 2048  # = segmentation.chunks.DEFAULT_CHUNK (not imported: --help stays light; a test checks it)
 SLIDE_COMPRESSION = "jpeg"  # = io.ome_writer.DEFAULT_COMPRESSION
-NORM_MODE = "eval"  # = translation.pix2pix.DEFAULT_NORM_MODE (not imported: --help stays light; a test checks it)
+NORM_MODE = "eval"  # = translation.pix2pix.DEFAULT_NORM_MODE, for weights that record no mode (a test checks it)
 
 
 def _slide_row(slide: dict[str, Any]) -> str:
@@ -58,8 +58,8 @@ def translate(
         str,
         weights_file(
             "Generator: a checkpoint (histostain .pt, reference CycleGAN or pix2pix *_net_G*.pth, seed "
-            "generator_*.tar), a `histostain train cyclegan` run folder, or a model name from `histostain weights "
-            "list`.",
+            "generator_*.tar), a `histostain train cyclegan|pix2pix` run folder, or a model name from "
+            "`histostain weights list`.",
             metavar="FILE|RUN|NAME",
         ),
     ],
@@ -106,15 +106,16 @@ def translate(
         ),
     ] = SLIDE_COMPRESSION,
     norm_mode: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--norm-mode",
             metavar="MODE",
             help="Batch-norm generators (pix2pix) only: eval = the running statistics stored with the weights "
             "(reference test.py --eval) | per-input = each image's or tile's own statistics (reference test.py "
             "without --eval; dropout stays off). Ignored for CycleGAN generators (instance norm).",
+            show_default=f"the mode the weights record (train pix2pix: the better on validation), else {NORM_MODE}",
         ),
-    ] = NORM_MODE,
+    ] = None,
     overwrite: OverwriteOpt = False,
     num_parts: NumPartsOpt = None,
     part_id: PartIdOpt = None,

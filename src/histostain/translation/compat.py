@@ -435,8 +435,12 @@ def generator_from_histostain(payload: Mapping[str, Any], path: Path, direction:
         state = _generator_state(payload, entry)
         if state is None:
             raise WeightsError(f"{path}: the checkpoint names {entry} for {chosen} but holds no such generator")
-    elif _is_tensor_dict(state) and is_reference_generator(strip_wrappers(state)):
-        entry, recorded = None, _check_direction(_find_value(config, ("direction",)))
+    elif _is_tensor_dict(state) and (is_reference_generator(bare := strip_wrappers(state)) or is_unet_generator(bare)):
+        # one generator: an exported CycleGAN one, or `train pix2pix`'s (recorded direction at the top, else config)
+        recorded = _check_direction(
+            payload["direction"] if "direction" in payload else _find_value(config, ("direction",))
+        )
+        entry = None
         if direction and recorded and direction != recorded:
             raise WeightsError(
                 f"{path} is a {recorded} generator but --direction {direction} was requested",
@@ -460,7 +464,12 @@ def generator_from_histostain(payload: Mapping[str, Any], path: Path, direction:
     state = strip_wrappers(state)
     if gen_config is None:
         gen_config = _generator_config_from(config, entry)
-    if gen_config is None:
+    if is_unet_generator(state):
+        loaded = generator_from_unet(state, path)
+        loaded.format = "histostain"
+        if payload.get("norm_mode") in ("eval", "per-input"):  # `train pix2pix` records the mode it validated
+            loaded.config["norm_mode"] = payload["norm_mode"]
+    elif gen_config is None:
         loaded = generator_from_reference(state, path, format_name="histostain")
     else:
         try:

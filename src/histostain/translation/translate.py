@@ -166,9 +166,10 @@ class Translator:
         batch_size: int = DEFAULT_BATCH_SIZE,
         direction: str | None = None,
         source: LoadedWeights | None = None,
-        norm_mode: str = DEFAULT_NORM_MODE,
+        norm_mode: str | None = None,
     ) -> None:
-        """``norm_mode`` (batch-norm generators only, e.g. pix2pix): ``eval`` normalises with the running
+        """``norm_mode`` (batch-norm generators only, e.g. pix2pix; None: the mode the weights record, as
+        `train pix2pix` does after measuring both, else ``eval``): ``eval`` normalises with the running
         statistics stored in the weights, as the reference ``test.py --eval``; ``per-input`` with the statistics
         of each network input (the whole image, or one tile), as the reference ``test.py`` without ``--eval``
         (train-mode batch norm at batch size 1). Dropout stays off in both, so outputs are deterministic: the
@@ -176,7 +177,8 @@ class Translator:
         differ, and a resumed or sharded run would mix samples. The model is switched in place. Generators
         without batch norm (CycleGAN's instance norm) ignore the option."""
         _check_options(tile, overlap, batch_size)
-        self.norm_mode = check_norm_mode(norm_mode)
+        recorded = source.config.get("norm_mode") if source is not None else None
+        self.norm_mode = check_norm_mode(norm_mode or recorded or DEFAULT_NORM_MODE)
         self.batch_norms = batch_norm_layers(model)
         if self.batch_norms:
             set_norm_mode(model, self.norm_mode)
@@ -501,7 +503,7 @@ def translate_paths(
     chunk: int = DEFAULT_SLIDE_CHUNK,
     mpp: float | None = None,
     compression: str = DEFAULT_SLIDE_COMPRESSION,
-    norm_mode: str = DEFAULT_NORM_MODE,
+    norm_mode: str | None = None,
 ) -> TranslateReport:
     """The ``translate`` command: check inputs and options, load the weights, run the batch engine.
 
@@ -521,7 +523,8 @@ def translate_paths(
     from histostain.translation.slide_translate import check_slide, check_tissue_option, translate_slide
 
     _check_options(tile, overlap, batch_size)
-    norm_mode = check_norm_mode(norm_mode)
+    if norm_mode is not None:
+        norm_mode = check_norm_mode(norm_mode)
     outputs = image_outputs(fmt)
     batch = prepare_inputs(
         inputs, out_dir, command=COMMAND, image_outputs=lambda: outputs, slide_outputs=_slide_outputs,

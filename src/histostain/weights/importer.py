@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY_NAME = "registry.toml"  # <home>/registry.toml: the user registry when none is configured
-RUN_TASKS = {"hovernet": "segmentation", "cyclegan": "translation"}  # what `histostain train` makes
+RUN_TASKS = {"hovernet": "segmentation", "cyclegan": "translation", "pix2pix": "translation"}  # `histostain train`
+# a pix2pix run's card: its generator loads through the same translation loader (compat.load_generator)
+CARD_ARCH = {"pix2pix": "cyclegan"}
 ARCH_TITLES = {"hovernet": "HoVer-Net", "cyclegan": "CycleGAN generator", "inception": "FID-Inception"}
 HOVERNET_ARGS = ("mode", "num_types", "encoder_width", "units", "decoder_width", "decoder_units")
 GENERATOR_ARGS = ("ngf", "n_blocks", "norm")
@@ -62,6 +64,7 @@ _DATASET_TERMS = {
 _ARCH_CITATIONS = {
     "hovernet": "Graham et al., HoVer-Net, Medical Image Analysis 58:101563 (2019)",
     "cyclegan": "Zhu et al., CycleGAN, ICCV 2017",
+    "pix2pix": "Isola et al., pix2pix, CVPR 2017",
 }
 
 
@@ -274,7 +277,7 @@ class TrainingRun:
         values: dict[str, Any] = {
             "name": name,
             "task": self.task,
-            "arch": self.arch,
+            "arch": CARD_ARCH.get(self.arch, self.arch),
             "filename": f"{name}.pt",
             "size_bytes": self.checkpoint.stat().st_size,
             "licence": licence,
@@ -353,7 +356,7 @@ def read_run(path: str | Path) -> TrainingRun:
     arch = str(header.get("arch"))
     if arch not in RUN_TASKS:
         raise WeightsError(
-            f"{checkpoint} holds a {arch!r} model; only hovernet and cyclegan training runs can be used as weights"
+            f"{checkpoint} holds a {arch!r} model; only {', '.join(RUN_TASKS)} training runs can be used as weights"
         )
     config: dict[str, Any] = {}
     info: dict[str, Any] = {}
