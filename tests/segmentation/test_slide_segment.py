@@ -224,3 +224,27 @@ def test_ihc_slide_summary_adds_up_its_chunks(tmp_path: Path) -> None:
     assert summary["h_score"] == pytest.approx(share[1] + 2 * share[2] + 3 * share[3], abs=1e-3)
     assert [summary[name] for name in ("Negative", "1+", "2+", "3+")] == [int(np.sum(scores == k)) for k in range(4)]
     assert {r["class"] for r in rows} <= {"Negative", "1+", "2+", "3+"}
+
+
+def test_a_transform_never_paints_glass(slide: Path, tmp_path: Path) -> None:
+    """pipeline's translation runs on tissue chunks, but their glass pixels are the slide's own again before
+    segmentation (a CycleGAN turns near-uniform glass into textured blocks a segmenter could take for nuclei)."""
+    segmenter = classical(chunk=512)
+    seen: list[np.ndarray] = []
+    inner = segmenter.inner.segment
+
+    def capture(rgb: np.ndarray):
+        seen.append(rgb.copy())
+        return inner(rgb)
+
+    segmenter.inner.segment = capture  # type: ignore[method-assign]
+    segment_slide(
+        slide, tmp_path, segmenter, chunk=512, tissue="auto", transform=np.zeros_like, transform_settings={"t": 0}
+    )
+    first = seen[0]  # chunk 0: cells (0, 0), (0, 1), (1, 0) are glass, (1, 1) is tissue
+    with open_slide(slide) as handle:
+        source = handle.read_region(0, 0, first.shape[1], first.shape[0])
+    glass = (slice(40, 216), slice(40, 216))  # inside cell (0, 0), away from the widened tissue edge
+    assert np.array_equal(first[glass], source[glass])
+    tissue = (slice(296, 472), slice(296, 472))  # inside cell (1, 1)
+    assert (first[tissue] == 0).all()

@@ -86,7 +86,9 @@ def test_chunked_slide_equals_translating_the_whole_image_without_per_tile_norma
     assert difference.max() <= 1 and difference.mean() < 0.05, (difference.max(), difference.mean())
 
 
-def test_glass_chunks_are_white_and_skip_the_network(svs: Path, translator: Translator, tmp_path: Path) -> None:
+def test_glass_keeps_the_scanners_pixels_and_skips_the_network(
+    svs: Path, translator: Translator, tmp_path: Path
+) -> None:
     slide = open_slide(svs)
     plan = plan_slide(slide, None, chunk=128, margin=128)
     mask = tissue_mask(slide)
@@ -107,8 +109,16 @@ def test_glass_chunks_are_white_and_skip_the_network(svs: Path, translator: Tran
         del translator.translate
     assert report.glass == len(glass) and len(calls) == report.chunks - len(glass) == report.done - report.glass
     out = _pixels(report.output)
-    for part in glass:
-        assert (out[part.y0 : part.y1, part.x0 : part.x1] == 255).all()
+    with open_slide(svs) as slide:
+        source = slide.read_region(0, 0, *slide.dimensions[::-1])
+    for part in glass:  # glass chunks: the slide's own pixels
+        assert np.array_equal(out[part.y0 : part.y1, part.x0 : part.x1], source[part.y0 : part.y1, part.x0 : part.x1])
+    # the glass cell enclosed by tissue, (3, 3), lies in tissue chunks: its pixels (away from the widened tissue
+    # edge) are the slide's too, not the network's texture; its tissue neighbours are translated
+    inner = (slice(3 * 256 + 40, 4 * 256 - 40), slice(3 * 256 + 40, 4 * 256 - 40))
+    assert np.array_equal(out[inner], source[inner])
+    tissue = (slice(2 * 256 + 40, 3 * 256 - 40), slice(3 * 256 + 40, 4 * 256 - 40))
+    assert not np.array_equal(out[tissue], source[tissue])
 
 
 def test_roi_output_is_the_rectangle_translated(svs: Path, translator: Translator, tmp_path: Path) -> None:
@@ -128,10 +138,13 @@ def test_tissue_mask_png_decides_which_chunks_are_translated(svs: Path, translat
     mask = np.zeros((96, 128), dtype=np.uint8)  # any size with the slide's proportions
     mask[:, 64:] = 255  # tissue only in the right half
     write_image(tmp_path / "mask.png", np.repeat(mask[..., None], 3, axis=-1))
-    report = translate_slide(svs, tmp_path / "o", translator, tissue=tmp_path / "mask.png", chunk=256)
+    options = {"tissue": tmp_path / "mask.png", "chunk": 256, "compression": "zlib"}
+    report = translate_slide(svs, tmp_path / "o", translator, **options)
     assert report.glass == 6 and report.done == 12  # the left two of four chunk columns
     out = _pixels(report.output)
-    assert (out[:, :512] == 255).all() and not (out[:, 512:] == 255).all()
+    with open_slide(svs) as slide:
+        source = slide.read_region(0, 0, *slide.dimensions[::-1])
+    assert np.array_equal(out[:, :512], source[:, :512]) and not np.array_equal(out[:, 512:], source[:, 512:])
     wrong = np.zeros((100, 100, 3), dtype=np.uint8)
     wrong[:50] = 255
     write_image(tmp_path / "square.png", wrong)

@@ -93,15 +93,6 @@ class RasterFile:
         for r in range(h):
             self._pwrite(memoryview(pixels[r]).cast("B"), (y + r) * self.row_bytes + x * 3)
 
-    def fill(self, y: int, x: int, h: int, w: int, value: int = 255) -> None:
-        """Set a rectangle to one grey value (white glass)."""
-        self._check(y, x, h, w)
-        row = np.full((w, 3), value, dtype=np.uint8)
-        step = max(1, min(h, BAND_BYTES // max(1, row.nbytes)))
-        for r in range(0, h, step):
-            n = min(step, h - r)
-            self.write(y + r, x, np.broadcast_to(row, (n, w, 3)))
-
     def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """The ``h x w x 3`` pixels at row ``y``, column ``x`` (a new array)."""
         self._check(y, x, h, w)

@@ -126,6 +126,28 @@ class SlidePlan:
         x, y, w, h = self.level0_box(part.y0, part.x0, part.y1, part.x1)
         return mask.covers(x, y, w, h, min_fraction=TISSUE_MIN_FRACTION)
 
+    def glass_pixels(self, part: Chunk, mask: TissueMask | None) -> np.ndarray | None:
+        """Per pixel of the chunk's extended region (processing scale): True where the tissue mask says glass,
+        with the tissue widened by one mask pixel so no tissue edge counts as glass; None without a mask.
+
+        A translator must not paint glass: on near-uniform glass a CycleGAN's instance norm amplifies the noise
+        into textured blocks that follow its tiles, which a segmenter may then take for nuclei.
+        """
+        if mask is None:
+            return None
+        from scipy import ndimage
+
+        mh, mw = mask.mask.shape
+        sy, sx = mh / self.slide.dimensions[0], mw / self.slide.dimensions[1]
+        ys = (self.roi.y + (np.arange(part.ey0, part.ey1) + 0.5) * self.scale) * sy
+        xs = (self.roi.x + (np.arange(part.ex0, part.ex1) + 0.5) * self.scale) * sx
+        rows = np.clip(ys.astype(np.int64), 0, mh - 1)
+        cols = np.clip(xs.astype(np.int64), 0, mw - 1)
+        r0, r1 = max(0, int(rows[0]) - 1), min(mh, int(rows[-1]) + 2)
+        c0, c1 = max(0, int(cols[0]) - 1), min(mw, int(cols[-1]) + 2)
+        window = ndimage.binary_dilation(mask.mask[r0:r1, c0:c1], structure=np.ones((3, 3), bool))
+        return ~window[np.ix_(rows - r0, cols - c0)]
+
     def describe(self) -> dict[str, Any]:
         """What decides the chunks (recorded with a run and compared when it resumes)."""
         return {

@@ -540,7 +540,11 @@ def segment_slide(
                 else:
                     pixels = plan.read(part)
                     if transform is not None:
-                        pixels = transform(pixels)
+                        translated = transform(pixels)
+                        glass = plan.glass_pixels(part, mask)
+                        if glass is not None:  # the translator must not paint glass (it would be segmented)
+                            translated[glass] = pixels[glass]
+                        pixels = translated
                     found = region(pixels)
                     _save_record(record_path, kept_nuclei(part, found, plan))
                     report.segmented += 1

@@ -4,8 +4,10 @@ The slide is cut by ``io.slide_regions.plan_slide`` into square cores (``chunk``
 translator's scale, each read with a ``margin`` of real pixels around it. Each extended region goes through
 :meth:`Translator.translate` (tiled with raised-cosine blending inside, exactly as an image file of that size
 would be), and only the core is kept, so neighbouring chunks meet where both saw ``margin`` pixels of context
-and no seam shows. Cores that hold no tissue (``--tissue-mask``: detected, given as a PNG, or ``none``) are
-written white without running the network.
+and no seam shows. Cores that hold no tissue (``--tissue-mask``: detected, given as a PNG, or ``none``) keep
+the scanner's pixels without running the network, and so do the glass pixels of tissue chunks
+(``SlidePlan.glass_pixels``): on near-uniform glass the CycleGAN's instance norm amplifies noise into textured
+blocks that follow its tiles.
 
 Cores go into a raw level-0 raster file (``io.ome_writer.RasterFile``) in the work folder
 ``<out>/<stem>.partial/``, beside ``plan.json`` (the plan's ``describe()`` and every setting that changes the
@@ -98,7 +100,7 @@ class SlideTranslation:
     chunks: int = 0
     done: int = 0  # chunks translated by this run
     resumed: int = 0  # chunks found done by an earlier, interrupted run
-    glass: int = 0  # chunks of this run written white without the network
+    glass: int = 0  # chunks of this run copied from the slide without the network (no tissue)
     network_tiles: int = 0  # generator tiles run by this run
     computed_megapixels: float = 0.0  # pixels the generator computed (extended regions, tile overlaps)
     megapixels: float = 0.0  # output level-0 megapixels
@@ -257,7 +259,7 @@ def _read_ahead(plan: SlidePlan, todo: list[tuple[int, Chunk, bool]]) -> Iterato
         pending = submit()
         for index, part, is_tissue in todo:
             if not is_tissue:
-                yield index, part, None
+                yield index, part, None  # glass: the caller copies the scanner's pixels, no network
                 continue
             assert pending is not None
             region = pending.result()
@@ -369,14 +371,18 @@ def _translate_chunks(
             if report.resumed:
                 task.advance(report.resumed, status=f"{report.resumed} done before")
             for index, part, region in _read_ahead(plan, todo):
-                if region is None:
-                    raster.fill(part.y0, part.x0, part.y1 - part.y0, part.x1 - part.x0, 255)
+                if region is None:  # glass is the scanner's glass (white would show as boxes beside real glass)
+                    raster.write(part.y0, part.x0, plan.read_box(part.y0, part.x0, part.y1, part.x1))
                     report.glass += 1
                 else:
                     tiles = translator.plan(*region.shape[:2])
                     report.network_tiles += tiles.tiles
                     report.computed_megapixels += tiles.computed_pixels / 1e6
-                    raster.write(part.y0, part.x0, _core(part, translator.translate(region)))
+                    translated = translator.translate(region)
+                    glass = plan.glass_pixels(part, mask)
+                    if glass is not None:  # glass stays the scanner's glass, never the network's texture
+                        translated[glass] = region[glass]
+                    raster.write(part.y0, part.x0, _core(part, translated))
                 raster.flush()  # the pixels are on disk before the chunk counts as done
                 work.mark_done(index, part, glass=region is None)
                 report.done += 1
