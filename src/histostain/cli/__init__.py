@@ -45,7 +45,8 @@ class RootGroup(LazyGroup):
         LazyCommand(
             "train",
             "histostain.cli.train:train_app",
-            "Train models: stain translation (cyclegan, pix2pix), HoVer-Net nuclei segmentation (hovernet).",
+            "Train models: stain translation (cyclegan, pix2pix), HoVer-Net nuclei segmentation (hovernet), IHC "
+            "nuclei keypoint detection (detector).",
         ),
         LazyCommand(
             "translate",

@@ -1,4 +1,5 @@
-"""`histostain train cyclegan|pix2pix|hovernet`: stain translation on prepared BCI, or HoVer-Net on PanNuke.
+"""`histostain train cyclegan|pix2pix|hovernet|detector`: stain translation on prepared BCI, HoVer-Net on PanNuke,
+or the keypoint detector on EndoNuke.
 
 Each command parses its flags, hands them to its service with the invocation's provenance record, and renders
 the one closing summary. Help texts and shown defaults come from the trainers' config models (torch-free);
@@ -25,6 +26,7 @@ from histostain.cli.options import (
     config_flag,
 )
 from histostain.segmentation.config import HoVerNetConfig
+from histostain.segmentation.detector_config import DetectorConfig
 from histostain.translation.pix2pix_config import Pix2PixConfig
 from histostain.translation.train_config import CycleGANConfig
 
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
     from histostain.runtime.training import FitResult, LoopOptions
 
 train_app = typer.Typer(
-    help="Train models: stain translation (cyclegan, pix2pix), HoVer-Net nuclei segmentation (hovernet).",
+    help="Train models: stain translation (cyclegan, pix2pix), HoVer-Net nuclei segmentation (hovernet), IHC "
+    "nuclei keypoint detection (detector).",
     no_args_is_help=True,
 )
 
@@ -275,6 +278,63 @@ def hovernet(
         resume=resume,
         overwrite=overwrite,
         overrides=_overrides(ctx, HoVerNetConfig),
+        config_file=config,
+        provenance=provenance(ctx),
+    )
+    _finish(result, resolved, as_json)
+
+
+DT = DetectorConfig
+
+
+@train_app.command(
+    "detector",
+    epilog="Example: histostain train detector prepared/endonuke --name endonuke_detector --epochs 60",
+)
+def detector(
+    ctx: typer.Context,
+    prepared: Annotated[
+        Path,
+        typer.Argument(metavar="PREPARED_ENDONUKE", help="A prepared EndoNuke folder (`histostain prepare endonuke`)."),
+    ],
+    name: RunNameOpt,
+    config: TrainConfigOpt = None,
+    runs_dir: RunsDirOpt = Path("runs"),
+    resume: ResumeOpt = False,
+    overwrite: TrainOverwriteOpt = False,
+    width: Annotated[int | None, config_flag(DT, "width")] = None,
+    levels: Annotated[int | None, config_flag(DT, "levels")] = None,
+    epochs: Annotated[int | None, config_flag(DT, "epochs")] = None,
+    batch_size: Annotated[int | None, config_flag(DT, "batch_size")] = None,
+    lr: Annotated[float | None, config_flag(DT, "lr")] = None,
+    crop: Annotated[int | None, config_flag(DT, "crop")] = None,
+    target_radius_um: Annotated[float | None, config_flag(DT, "target_radius_um")] = None,
+    augment: Annotated[bool | None, config_flag(DT, "augment")] = None,
+    colour_jitter: Annotated[float | None, config_flag(DT, "colour_jitter")] = None,
+    jitter_space: Annotated[str | None, config_flag(DT, "jitter_space")] = None,
+    radius_um: Annotated[float | None, config_flag(DT, "radius_um")] = None,
+    val_max_images: Annotated[int | None, config_flag(DT, "val_max_images", shown="all")] = None,
+    max_steps: Annotated[int | None, config_flag(DT, "max_steps", shown=NO_LIMIT)] = None,
+    seed: Annotated[int | None, config_flag(DT, "seed")] = None,
+    num_workers: Annotated[int | None, config_flag(DT, "num_workers")] = None,
+    save_every: Annotated[int | None, config_flag(DT, "save_every")] = None,
+    log_every: Annotated[int | None, config_flag(DT, "log_every")] = None,
+    sample_every: Annotated[int | None, config_flag(DT, "sample_every")] = None,
+    val_every: Annotated[int | None, config_flag(DT, "val_every")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the IHC nuclei keypoint detector on prepared EndoNuke; val F1 picks the threshold; resumable; torchrun."""
+    manager = state(ctx).device_manager()
+    from histostain.segmentation.detector_train import train_detector
+
+    resolved, result = train_detector(
+        prepared,
+        name=name,
+        runs_dir=runs_dir,
+        manager=manager,
+        resume=resume,
+        overwrite=overwrite,
+        overrides=_overrides(ctx, DetectorConfig),
         config_file=config,
         provenance=provenance(ctx),
     )
