@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import tomllib
 from pathlib import Path
 
@@ -44,8 +45,11 @@ def test_train_detector_end_to_end_then_resume(
     assert len(validation) == 1 and 0.1 <= float(validation[0]["threshold"]) <= 0.9
     assert any(row["loss"] for row in rows) and list((folder / "samples").glob("*.png"))
 
-    code, out, err = run_cli([*base, "--epochs", "2", "--resume"])  # one more epoch on the same run
+    code, out, err = run_cli([*base, "--epochs", "2", "--resume", "--json"])  # one more epoch on the same run
     assert code == 0, err
+    # strict JSON even when an untrained detector finds nothing (its precision is NaN inside histostain)
+    summary = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in --json output"))
+    assert summary["status"] == "completed" and "validation" in summary
     payload = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert payload["epoch"] == 2 and payload["class_names"][1] == "epithelium"
     assert payload["threshold"] == pytest.approx(float(payload["threshold"])) and "model_config" in payload

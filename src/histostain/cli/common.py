@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +121,22 @@ def configure_output(quiet: bool, debug: bool) -> None:
     progress.configure(enabled=False if quiet else None)
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinity as null: they are not JSON, and strict parsers (jq, JavaScript,
+    Go) reject a document holding them (a metric with nothing to count, such as the precision of no detection,
+    is NaN inside histostain)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
+
+
 def print_json(payload: Any) -> None:
-    """Machine-readable output on stdout, nothing else on it."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    """Machine-readable output on stdout, nothing else on it; strict JSON (NaN and infinity become null)."""
+    sys.stdout.write(json.dumps(strict_json(payload), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
