@@ -206,6 +206,16 @@ class Translator:
         model, loaded = load_generator(path, direction)
         return cls(model, device, direction=loaded.direction, source=loaded, **options)
 
+    def weights_record(self) -> dict[str, Any]:
+        """What the weights were (the loader's record, with the registry model or run they came from); {} for a
+        model built in memory."""
+        if self.source is None:
+            return {}
+        record = self.source.to_dict()
+        if self.model_record is not None:
+            record["model"] = dict(self.model_record)
+        return record
+
     def plan(self, height: int, width: int) -> TilePlan:
         return plan_for_multiple(height, width, self.tile, self.overlap, self.size_multiple)
 
@@ -361,7 +371,6 @@ class TranslateStep(BatchStep[np.ndarray, _Job]):
         write_image(item.targets[0], result.result())  # blending and rounding happen here, in a worker thread
 
     def report(self, batch: BatchReport) -> TranslateReport:
-        source = self.translator.source
         return TranslateReport(
             inputs=batch.inputs,
             translated=batch.done,
@@ -373,14 +382,8 @@ class TranslateStep(BatchStep[np.ndarray, _Job]):
             out_dir=batch.out_dir,
             record=batch.record,
             shard=batch.shard.to_dict(),
-            weights={} if source is None else self._weights_record(source),
+            weights=self.translator.weights_record(),
         )
-
-    def _weights_record(self, source: LoadedWeights) -> dict[str, Any]:
-        record = source.to_dict()
-        if self.translator.model_record is not None:
-            record["model"] = dict(self.translator.model_record)
-        return record
 
     def summary(self, report: BatchReport) -> dict[str, Any]:
         data = self.report(report).to_dict()
@@ -472,15 +475,6 @@ def _slide_outputs(slide: SlideInput) -> tuple[Path, ...]:
     return target, work_folder(target)
 
 
-def _weights_record(translator: Translator) -> dict[str, Any]:
-    if translator.source is None:
-        return {}
-    record = translator.source.to_dict()
-    if translator.model_record is not None:
-        record["model"] = dict(translator.model_record)
-    return record
-
-
 def translate_paths(
     inputs: Sequence[str | os.PathLike[str]],
     weights: str | os.PathLike[str],
@@ -557,7 +551,7 @@ def translate_paths(
     if plan is not None and batch.runs_images:
         report = translator.run_plan(plan, fmt=fmt, overwrite=overwrite, provenance=provenance)
     else:
-        report = TranslateReport(out_dir=str(out), shard=shard.to_dict(), weights=_weights_record(translator))
+        report = TranslateReport(out_dir=str(out), shard=shard.to_dict(), weights=translator.weights_record())
     for slide in slides:
         report.inputs += 1
         try:
