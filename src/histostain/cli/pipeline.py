@@ -248,7 +248,8 @@ def pipeline(
             typer.secho(f"warning: {warning}", err=True, fg="yellow")
     if report.failed:
         _, first_error = report.failed[0]
+        seen = f" (see {report.record})" if report.record else ""
         raise InputError(
             f"{len(report.failed)} of {report.inputs} input(s) failed, e.g. {first_error}",
-            hint=f"fix or remove them and re-run: finished images are kept and skipped (see {report.record})",
+            hint=f"fix or remove them and re-run: finished images are kept and skipped{seen}",
         )

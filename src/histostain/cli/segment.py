@@ -200,7 +200,8 @@ def segment(
         print_summary(f"histostain segment -> {out}", rows)
     if report.failed:
         _, first_error = report.failed[0]
+        seen = f" (see {report.record})" if report.record else ""
         raise InputError(
             f"{len(report.failed)} of {report.inputs} input(s) could not be segmented, e.g. {first_error}",
-            hint=f"fix or remove them and re-run: finished outputs are kept and skipped (see {report.record})",
+            hint=f"fix or remove them and re-run: finished outputs are kept and skipped{seen}",
         )
