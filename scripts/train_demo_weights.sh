@@ -11,18 +11,10 @@
 # tests/weights/test_demo_weights.py).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-HISTOSTAIN="${HISTOSTAIN:-$ROOT/.venv/bin/histostain}"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export HISTOSTAIN_NUM_THREADS="${HISTOSTAIN_NUM_THREADS:-1}"
-WORK="${1:-$(mktemp -d -t histostain-demo-weights.XXXXXX)}"
-mkdir -p "$WORK"
-WORK="$(cd "$WORK" && pwd)"
+WORK="$(work_dir "${1:-}" histostain-demo-weights)"
 OUT="$ROOT/src/histostain/weights/demo"
-START=$SECONDS
-
-step() { printf '\n=== [%4ds] %s\n' "$((SECONDS - START))" "$*"; }
-run() { printf '+ %s\n' "$*"; "$@"; }
 
 step "work dir: $WORK (threads: $HISTOSTAIN_NUM_THREADS)"
 

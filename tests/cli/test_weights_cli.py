@@ -74,7 +74,11 @@ def test_list_shows_every_packaged_model_with_its_licence(run_cli) -> None:
     assert set(models) == set(packaged_cards())
     assert "CC BY-NC-SA 4.0" in models["hovernet_fast-pannuke"]["licence"]
     assert not any(row["cached"] for row in models.values() if not row["packaged"])
-    assert {name for name, row in models.items() if row["packaged"]} == {"cyclegan-demo", "hovernet-demo"}
+    assert {name for name, row in models.items() if row["packaged"]} == {
+        "cyclegan-demo",
+        "hovernet-demo",
+        "detector-endonuke",
+    }
     assert all(row["cached"] for row in models.values() if row["packaged"])  # shipped with histostain
 
 

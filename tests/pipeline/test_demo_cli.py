@@ -1,5 +1,5 @@
 """`histostain demo` through the real entry point with tiny weights (the packaged demo weights are tested in
-tests/weights/test_demo_weights.py and by the slow test below): three routes, their reports, the table, the
+tests/weights/test_demo_weights.py and by the slow test below): four routes, their reports, the table, the
 demo's own folder replaced on a re-run, and a user's folder never touched."""
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return ["-t", str(generator), "-w", str(folder / "h.tar")]
 
 
-def test_demo_runs_three_routes_and_compares_them(run_cli, tiny_weights: list[str], tmp_path: Path) -> None:
+def test_demo_runs_four_routes_and_compares_them(run_cli, tiny_weights: list[str], tmp_path: Path) -> None:
     out = tmp_path / "demo"
     code, stdout, err = run_cli([*CLI, "demo", "-o", str(out), "--tiles", "2", *tiny_weights, "--json"])
     assert code == 0, err
     report = json.loads(stdout)
-    assert [row["route"] for row in report["rows"]] == ["translate", "no-translate", "classical"]
+    assert [row["route"] for row in report["rows"]] == ["translate", "no-translate", "classical", "detector"]
     truth = sorted(p.stem for p in (out / "data" / "truth").iterdir())
     assert truth == ["demo_00", "demo_01"]
     for row in report["rows"]:

@@ -234,3 +234,21 @@ def test_tiny_detector_overfits_four_tiles():
         if flush:
             torch.set_flush_denormal(False)
     assert f1 == 1.0, f"F1 {f1:.3f} after {step} steps"
+
+
+def test_smoothing_lets_a_spread_nucleus_outscore_a_single_bright_pixel():
+    """A Gaussian blob (sigma 2, peak 0.3) and a lone pixel of 0.5: unsmoothed the pixel scores higher; smoothed by
+    sigma s = 2 the blob keeps 0.3 * 2^2 / (2^2 + s^2) = 0.15 at its centre and the pixel 0.5 / (2 pi s^2) = 0.02."""
+    rows, cols = np.mgrid[:40, :40]
+    heat = np.zeros((3, 40, 40))
+    heat[1] = 0.3 * np.exp(-((rows - 12) ** 2 + (cols - 12) ** 2) / (2 * 2.0**2))
+    heat[2, 28, 30] = 0.5
+    points, classes, scores = decode_heatmaps(heat, 0.25)
+    assert points.tolist() == [[12.0, 12.0], [30.0, 28.0]] and scores.tolist() == pytest.approx([0.3, 0.5])
+    points, classes, scores = decode_heatmaps(heat, 0.05, smooth=2.0)
+    assert points.tolist() == [[12.0, 12.0]] and classes.tolist() == [1]
+    assert scores[0] == pytest.approx(0.15, rel=0.03)
+    lone = decode_heatmaps(heat, 0.0001, smooth=2.0)
+    assert lone[2][lone[0][:, 0] == 30][0] == pytest.approx(0.5 / (2 * math.pi * 4), rel=0.05)
+    with pytest.raises(ValueError, match="smooth"):
+        decode_heatmaps(heat, 0.1, smooth=-1.0)

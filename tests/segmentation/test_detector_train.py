@@ -47,8 +47,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_thresholds_and_pooled_f1_pick_the_best_threshold() -> None:
-    assert tiny(threshold_step=0.05).thresholds()[:3] == [0.1, 0.15, 0.2]
-    assert tiny(threshold_step=0.05).thresholds()[-1] == 0.9
+    assert tiny(threshold_min=0.1, threshold_step=0.05).thresholds()[:3] == [0.1, 0.15, 0.2]
+    assert tiny(threshold_min=0.1, threshold_step=0.05).thresholds()[-1] == 0.9
+    assert len(DetectorConfig().thresholds()) == 90 and DetectorConfig().thresholds()[:2] == [0.01, 0.02]
     true = [np.array([[10.0, 10.0], [30.0, 30.0]]), np.array([[5.0, 5.0]])]
     # tile 1: two hits (0.9, 0.6) and a false peak (0.3); tile 2: a hit (0.8)
     decoded = [
@@ -134,7 +135,8 @@ def test_train_detector_writes_an_inference_ready_checkpoint(tmp_path: Path, pre
     assert payload["class_names"] == {0: "stroma", 1: "epithelium", 2: "other"}
     assert payload["model_config"] == {"in_channels": 3, "num_classes": 3, "width": 4, "levels": 2}
     assert payload["mpp"] == 0.5 and payload["sigma_px"] == pytest.approx(1.0)
-    assert 0.1 <= payload["threshold"] <= 0.9
+    assert payload["threshold"] in tiny().thresholds()  # tiny(): 0.01 .. 0.9 by 0.2
+    assert payload["smooth_px"] == pytest.approx(1.0 / 0.5) and payload["nms_kernel"] == 5  # the defaults
     from histostain.segmentation.detector import DetectorNet
 
     network = DetectorNet(**payload["model_config"])

@@ -56,7 +56,8 @@ class RootGroup(LazyGroup):
         LazyCommand(
             "segment",
             "histostain.cli.segment:segment",
-            "Find and classify nuclei (HoVer-Net or the weight-free classical model; IHC positivity and H-score).",
+            "Find and classify nuclei (HoVer-Net, the IHC detector or the weight-free classical model; IHC"
+            " positivity and H-score).",
         ),
         LazyCommand(
             "pipeline",
@@ -66,7 +67,7 @@ class RootGroup(LazyGroup):
         LazyCommand(
             "demo",
             "histostain.cli.demo:demo",
-            "Run the whole tool on synthetic tissue in about a minute: three routes compared, a report to open.",
+            "Run the whole tool on synthetic tissue in about a minute: four routes compared, a report to open.",
         ),
         LazyCommand(
             "evaluate",

@@ -1,4 +1,4 @@
-"""`histostain demo`: synthetic IHC tiles -> pipeline three ways (translate, no translation, classical) ->
+"""`histostain demo`: synthetic IHC tiles -> pipeline four ways (translate, no translation, classical, detector) ->
 a comparison table and report.html, with the packaged demo weights (no download)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def demo(
     ] = DEMO_SEGMENTER,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the whole tool on synthetic tissue in about a minute: three routes compared, a report to open."""
+    """Run the whole tool on synthetic tissue in about a minute: four routes compared, a report to open."""
     from histostain.pipeline.demo import run_demo
 
     app_state = state(ctx)

@@ -88,7 +88,8 @@ def pipeline(
         str | None,
         _option(
             "--segmenter",
-            help="hovernet (needs --segmenter-weights) | classical (weight-free).",
+            help="hovernet (needs --segmenter-weights) | detector (IHC nuclei as points; shipped weights) |"
+            " classical (weight-free).",
             default="hovernet with --segmenter-weights, else classical",
             metavar="MODEL",
         ),
@@ -98,7 +99,7 @@ def pipeline(
         _option(
             "--segmenter-weights",
             "-w",
-            help="HoVer-Net weights: a file, a run or a registry name.",
+            help="HoVer-Net or detector weights: a file, a run or a registry name (detector: detector-endonuke).",
             metavar="FILE|RUN|NAME",
         ),
     ] = None,
@@ -153,7 +154,10 @@ def pipeline(
         int | None, _option("--batch-size", help="Tiles or patches per forward pass.", default=str(DEFAULT_BATCH_SIZE))
     ] = None,
     chunk_size: Annotated[
-        int | None, _option("--chunk-size", help="Larger images are segmented in chunks.", default=str(DEFAULT_CHUNK))
+        int | None,
+        _option(
+            "--chunk-size", help="Larger images are segmented in chunks.", default=f"{DEFAULT_CHUNK} (detector: 1024)"
+        ),
     ] = None,
     roi: Annotated[
         str | None,

@@ -24,6 +24,7 @@ from histostain.cli.options import (
 
 EXAMPLE = (
     "Example: histostain segment tiles/ -o nuclei/ --stain ihc --mpp 0.5   (no weights: the classical model)\n"
+    "         histostain segment tiles/ -o points/ --model detector --stain ihc --mpp 0.5   (shipped IHC detector)\n"
     "         histostain segment slide.svs -o nuclei/   (a whole slide: slide.geojson.gz for QuPath)"
 )
 FORMAT_NAMES = "json,geojson,tif,png,txt"
@@ -54,28 +55,29 @@ def segment(
         typer.Option(
             "--model",
             metavar="MODEL",
-            help="classical (weight-free) | hovernet (needs --weights).",
+            help="classical (weight-free) | detector (IHC nuclei as points; shipped weights) | hovernet (needs"
+            " --weights).",
             show_default="hovernet with --weights, else classical",
         ),
     ] = None,
     weights: Annotated[
         str | None,
         weights_file(
-            "HoVer-Net weights: a file (official .tar, TIAToolbox .pth, histostain checkpoint), a `train hovernet`"
-            " run folder or a registry name (`histostain weights list`).",
+            "HoVer-Net or detector weights: a file (official .tar, TIAToolbox .pth, histostain checkpoint), a"
+            " `train hovernet|detector` run folder or a registry name (`histostain weights list`).",
             metavar="FILE|RUN|NAME",
-            show_default="none: the classical model",
+            show_default="none: the classical model; detector-endonuke with --model detector",
         ),
     ] = None,
     stain: Annotated[
-        str, typer.Option("--stain", metavar="STAIN", help="he | ihc | auto (classical model; ihc scores DAB).")
+        str, typer.Option("--stain", metavar="STAIN", help="he | ihc | auto (classical and detector; ihc scores DAB).")
     ] = "auto",
     mpp: Annotated[
         float | None,
         typer.Option(
             "--mpp",
             help="Micrometres per pixel of the inputs; inputs at another scale than the model's are resampled.",
-            show_default="the model's scale (HoVer-Net 0.25; classical 0.5)",
+            show_default="the model's scale (HoVer-Net 0.25; classical and detector-endonuke 0.5)",
         ),
     ] = None,
     formats: Annotated[
@@ -100,8 +102,13 @@ def segment(
         typer.Option("--positivity", metavar="T1,T2,T3", help="IHC: mean DAB OD thresholds of 1+, 2+ and 3+ nuclei."),
     ] = "0.2,0.4,0.6",
     chunk_size: Annotated[
-        int, typer.Option("--chunk-size", help="Larger images are segmented in chunks of this side (bounds memory).")
-    ] = 2048,
+        int | None,
+        typer.Option(
+            "--chunk-size",
+            help="Larger images are segmented in chunks of this side (bounds memory).",
+            show_default="2048 (detector: 1024)",
+        ),
+    ] = None,
     roi: RoiOpt = None,
     tissue_mask: TissueMaskOpt = "auto",
     gzip_geojson: Annotated[
@@ -135,7 +142,8 @@ def segment(
     part_id: PartIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Find and classify nuclei (HoVer-Net or the weight-free classical model; IHC positivity and H-score)."""
+    """Find and classify nuclei (HoVer-Net, the IHC detector or the weight-free classical model; IHC positivity
+    and H-score)."""
     state(ctx).settings()
     from histostain.errors import InputError
     from histostain.segmentation.segment_files import segment_paths
@@ -147,7 +155,7 @@ def segment(
         model=chosen_model,
         weights=weights,
         # fp32 under `--precision auto` on a CPU: bf16 moved instance maps beyond PQ 0.99 (docs/segment-precision.md)
-        device=state(ctx).device_manager(exact_cpu=True) if chosen_model == "hovernet" else None,
+        device=state(ctx).device_manager(exact_cpu=True) if chosen_model in ("hovernet", "detector") else None,
         stain=stain.lower(),
         mpp=mpp,
         formats=None if formats is None else [name.strip().lower() for name in formats.split(",") if name.strip()],
@@ -170,10 +178,10 @@ def segment(
     if as_json:
         print_json(report.to_dict())
     else:
-        if report.model != "hovernet":
+        if report.model == "classical":
             model_row = "classical (weight-free: no weights given)"
         else:
-            model_row = f"hovernet ({report.weights_model})" if report.weights_model else "hovernet"
+            model_row = f"{report.model} ({report.weights_model})" if report.weights_model else report.model
         rows = [("model", model_row)]
         if report.licence:
             rows.append(("licence", report.licence))

@@ -39,13 +39,14 @@ class PipelineConfig(BaseModel):
     tile: int = Field(DEFAULT_TILE, ge=16)
     overlap: int = Field(DEFAULT_OVERLAP, ge=0)
     # segmentation
-    segmenter: Literal["hovernet", "classical"] | None = None  # None: hovernet with weights, else classical
+    # None: hovernet with weights, else classical; detector: the packaged detector-endonuke unless weights given
+    segmenter: Literal["hovernet", "classical", "detector"] | None = None
     segmenter_weights: str | None = None
     stain: Literal["he", "ihc", "auto"] | None = None  # None: he after translation to H&E, else auto
     dab: Literal["nuclear", "membrane"] = "nuclear"
     positivity: tuple[float, float, float] = (0.2, 0.4, 0.6)
     mpp: float | None = Field(None, gt=0)
-    chunk_size: int = Field(DEFAULT_CHUNK, ge=256)
+    chunk_size: int | None = Field(None, ge=256)  # None: the segmenter's own (DEFAULT_CHUNK; the detector 1024)
     roi: str | None = None  # whole slides: x,y,w,h in level-0 pixels
     tissue_mask: str = "auto"  # whole slides: auto | none | a PNG
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)
@@ -80,7 +81,9 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _check_choices(self) -> PipelineConfig:
         if self.segmenter == "classical" and self.segmenter_weights:
-            raise ValueError("--segmenter-weights is for --segmenter hovernet; the classical model uses no weights")
+            raise ValueError(
+                "--segmenter-weights is for --segmenter hovernet|detector; the classical model uses no weights"
+            )
         if self.segmenter == "hovernet" and not self.segmenter_weights:
             raise ValueError("--segmenter hovernet needs --segmenter-weights FILE|RUN|NAME")
         return self

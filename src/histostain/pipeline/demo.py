@@ -1,11 +1,14 @@
 """``histostain demo``: the whole tool in two minutes with no download.
 
 It makes a fresh set of synthetic HER2 IHC tiles with exact ground-truth centroids (``histostain.synth``), then
-runs :func:`~histostain.pipeline.run.run_pipeline` three ways on them and compares the three:
+runs :func:`~histostain.pipeline.run.run_pipeline` four ways on them and compares them:
 
 1. ``translate``: IHC -> H&E with the packaged ``cyclegan-demo``, nuclei with ``hovernet-demo`` (the main job);
 2. ``no-translate``: ``hovernet-demo`` on the IHC tiles as they are (the ablation: does translation help?);
-3. ``classical``: the weight-free classical segmenter on the IHC tiles (HER2: DAB on membranes).
+3. ``classical``: the weight-free classical segmenter on the IHC tiles (HER2: DAB on membranes);
+4. ``detector``: the packaged ``detector-endonuke`` on the IHC tiles as they are. It was trained on *real*
+   EndoNuke ER/PR tissue, not on these synthetic HER2 tiles, so its row says how a real-tissue model meets a
+   synthetic stain it never saw.
 
 The demo weights were trained on synthetic tissue only (``scripts/train_demo_weights.sh``); the figures say how
 the parts fit together, not how well they work on real tissue (docs/pipeline.md has the real-tissue run).
@@ -36,7 +39,7 @@ DEMO_TILES = 12
 DEMO_SIZE = 256
 DEMO_SEED = 2026
 DEMO_RECORD = "demo.json"
-ROUTES = ("translate", "no-translate", "classical")
+ROUTES = ("translate", "no-translate", "classical", "detector")
 
 
 @dataclass
@@ -55,7 +58,7 @@ class DemoRow:
 
 @dataclass
 class DemoReport:
-    """The three routes, where everything is, and how long it took."""
+    """The routes, where everything is, and how long it took."""
 
     out_dir: str
     data: str
@@ -120,6 +123,9 @@ def _configs(out: Path, data: Path, mpp: float, translator: str, segmenter_weigh
         "classical": PipelineConfig(
             out=out / "classical", no_translate=True, segmenter="classical", stain="ihc", dab="membrane", **common
         ),
+        "detector": PipelineConfig(
+            out=out / "detector", no_translate=True, segmenter="detector", stain="ihc", **common
+        ),
     }
 
 
@@ -129,6 +135,7 @@ def _describe(route: str, translator: str, segmenter_weights: str) -> str:
         "translate": f"IHC -> H&E ({translator}) -> HoVer-Net ({segmenter_weights})",
         "no-translate": f"IHC -> HoVer-Net ({segmenter_weights}), no translation",
         "classical": "IHC -> classical (weight-free, HER2 membrane mode)",
+        "detector": "IHC -> detector (detector-endonuke: real ER/PR tissue, not HER2), no translation",
     }[route]
 
 
@@ -157,7 +164,7 @@ def run_demo(
     settings: Settings | None = None,
     provenance: Provenance | None = None,
 ) -> DemoReport:
-    """Make the tiles, run the three routes, write ``out/demo.json``; see the module docstring."""
+    """Make the tiles, run the four routes, write ``out/demo.json``; see the module docstring."""
     from histostain.pipeline.run import run_pipeline
     from histostain.runtime.device import DeviceManager
 

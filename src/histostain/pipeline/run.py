@@ -20,7 +20,7 @@ from histostain.io.atomic import atomic_write_text
 from histostain.io.batch import BatchItem, run_batch
 from histostain.io.sharding import shard_device
 from histostain.metrics.detection import DetectionScorer, ImagePoints
-from histostain.pipeline.config import PipelineConfig, write_config
+from histostain.pipeline.config import DEFAULT_CHUNK, PipelineConfig, write_config
 from histostain.pipeline.step import NUCLEI, PipelineStep, pipeline_outputs
 from histostain.provenance import Provenance
 
@@ -287,7 +287,8 @@ def run_slides(
         try:
             done = segment_slide(
                 slide.source, out_dir / NUCLEI, segmenter, mpp=config.mpp, roi=roi, tissue=config.tissue_mask,
-                chunk=config.chunk_size, overwrite=overwrite, transform=transform,
+                chunk=config.chunk_size or int(getattr(segmenter, "chunk", DEFAULT_CHUNK)), overwrite=overwrite,
+                transform=transform,
                 transform_settings=transform_settings, provenance=provenance, key=slide.key,
             )  # fmt: skip
         except InputError as error:

@@ -87,7 +87,9 @@ def detection_record(
 ) -> dict[str, Any]:
     """The ``detections/<key>.json`` of one image; with ground truth the row gains TP/FP/FN, P, R and F1."""
     pred = np.asarray(nuclei.centroids, dtype=np.float64).reshape(-1, 2)
-    areas = None if nuclei.mpp is None else (np.asarray(nuclei.areas, dtype=np.float64) * nuclei.mpp**2)
+    # a detector's points have no measured area (their disks are a fixed measuring window)
+    measured = nuclei.mpp is not None and nuclei.point_radius is None
+    areas = np.asarray(nuclei.areas, dtype=np.float64) * nuclei.mpp**2 if measured else None
     record: dict[str, Any] = {
         "image": str(item.source.resolve()),
         "key": str(item.key),

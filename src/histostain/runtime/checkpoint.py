@@ -76,6 +76,16 @@ class LoadedWeights:
             "notes": list(self.notes),
         }
 
+    def record(self, model: Mapping[str, Any] | None = None, *, absolute: bool = True) -> dict[str, Any]:
+        """What a run record keeps: :meth:`to_dict` with the path made absolute (a command line does not
+        record the working directory) and, under ``model``, the registry model or run the file came from."""
+        data = self.to_dict()
+        if absolute:
+            data["path"] = str(Path(data["path"]).resolve())
+        if model is not None:
+            data["model"] = dict(model)
+        return data
+
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (recorded with every output, so the weights are traceable)."""

@@ -112,10 +112,16 @@ def segment_in_chunks(
     type_map: np.ndarray | None = None
     measured: dict[str, list[tuple[int, float]]] = {}
     next_id = 1
+    point_parts: list[tuple[Chunk, Nuclei, np.ndarray]] = []
     with progress_task("chunks", total=len(chunks), unit="chunk") as task:
         for part in chunks:
             region = image[part.ey0 : part.ey1, part.ex0 : part.ex1]
             found = segment_region(region)
+            if found.point_radius is not None:  # a detector's points: keep the core's rows, rebuild at the end
+                keep = np.flatnonzero(part.holds(found.centroids[:, 0] + part.ex0, found.centroids[:, 1] + part.ey0))
+                point_parts.append((part, found, keep))
+                task.advance()
+                continue
             if found.type_map is not None and type_map is None:
                 type_map = np.zeros((height, width), np.uint8)
             view = inst_map[part.ey0 : part.ey1, part.ex0 : part.ex1]
@@ -136,6 +142,8 @@ def segment_in_chunks(
                     values += [(next_id + k, float(column[rows[rid]])) for k, (rid, _, _) in enumerate(kept)]
                 next_id += len(kept)
             task.advance()
+    if point_parts:
+        return _merge_points(point_parts, (height, width), type_names, mpp)
     merged = nuclei_from_labels(inst_map, type_map, type_names=type_names, mpp=mpp)
     if measured:
         # the merged rows are renumbered (and a degenerate nucleus dropped): look each row's painted id up
@@ -145,6 +153,36 @@ def segment_in_chunks(
             merged.measurements[name] = np.array([by_id.get(int(v), np.nan) for v in painted.tolist()])
     log.debug("merged %d chunk(s) into %d nuclei", len(chunks), len(merged))
     return merged
+
+
+def _merge_points(
+    parts: list[tuple[Chunk, Nuclei, np.ndarray]],
+    shape: tuple[int, int],
+    type_names: dict[int, str] | None,
+    mpp: float | None,
+) -> Nuclei:
+    """Point nuclei of the whole image from each chunk's core points (in chunk order), every column kept."""
+    from histostain.segmentation.points import nuclei_from_points
+
+    first = parts[0][1]
+    points = np.concatenate([f.centroids[k] + (p.ex0, p.ey0) for p, f, k in parts]).reshape(-1, 2)
+
+    def column(get: Callable[[Nuclei], np.ndarray | None]) -> np.ndarray | None:
+        if get(first) is None:
+            return None
+        return np.concatenate([np.asarray(get(f))[k] for _, f, k in parts])
+
+    measurements = {name: column(lambda f, name=name: f.measurements[name]) for name in first.measurements}
+    return nuclei_from_points(
+        points,
+        shape,
+        float(first.point_radius or 0.0),
+        types=column(lambda f: f.types),
+        type_probs=column(lambda f: f.type_probs),
+        type_names=type_names if type_names is not None else first.type_names,
+        measurements={name: value for name, value in measurements.items() if value is not None},
+        mpp=mpp,
+    )
 
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_MARGIN", "Chunk", "check_chunk", "iter_kept", "plan_chunks", "segment_in_chunks"]

@@ -43,6 +43,9 @@ class DetectorConfig(LoopOptions):
     epochs: int = Field(60, ge=1, description="training epochs")
     batch_size: int = Field(8, ge=1, description="crops per batch per process")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="learning rate over the epochs: constant | cosine (from --lr down to 1 % of it)"
+    )
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     crop: int = Field(256, ge=16, description="side of the random training crops in pixels (smaller tiles are padded)")
@@ -61,10 +64,14 @@ class DetectorConfig(LoopOptions):
     jitter_space: Literal["hed", "hsv"] = Field("hed", description="colour jitter space: hed | hsv")
     # validation
     radius_um: float = Field(3.0, gt=0, description="matching radius in um of the validation F1 (class-agnostic)")
-    threshold_min: float = Field(0.1, gt=0, lt=1, description="lowest score threshold tried on the val split")
+    # smoothed heatmaps peak low (a nucleus' mass spread over a few pixels): a fine grid from 0.01
+    threshold_min: float = Field(0.01, gt=0, lt=1, description="lowest score threshold tried on the val split")
     threshold_max: float = Field(0.9, gt=0, lt=1, description="highest score threshold tried on the val split")
-    threshold_step: float = Field(0.05, gt=0, description="step between the thresholds tried")
-    nms_kernel: int = Field(3, ge=1, description="max-pool NMS window of the decoding (odd)")
+    threshold_step: float = Field(0.01, gt=0, description="step between the thresholds tried")
+    nms_kernel: int = Field(5, ge=1, description="max-pool NMS window of the decoding in pixels (odd)")
+    smooth_um: float = Field(
+        1.0, ge=0, description="Gaussian sigma in um the heatmaps are smoothed by before decoding, 0 = off"
+    )
     val_max_images: int | None = Field(None, ge=1, description="validate on the first N val tiles only")
     # the loop
     log_every: int = loop_default("log_every", 10)

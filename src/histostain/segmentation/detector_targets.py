@@ -17,6 +17,8 @@ import math
 import numpy as np
 import torch
 
+from histostain.segmentation.points import keypoint_pixels
+
 SIGMA_RANGE = 3.0  # Gaussians are truncated at ceil(SIGMA_RANGE * sigma) pixels from the centre
 DEFAULT_EPS = 1e-4  # CenterNet clamps sigmoid outputs to [1e-4, 1 - 1e-4]
 
@@ -30,16 +32,6 @@ def sigma_from_um(radius_um: float, mpp: float) -> float:
     if not (math.isfinite(mpp) and mpp > 0):
         raise ValueError(f"mpp must be a positive number of micrometres per pixel, got {mpp}")
     return float(radius_um) / (SIGMA_RANGE * float(mpp))
-
-
-def keypoint_pixels(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, cols)`` of the pixels holding ``(x, y)`` points: rounded half up (``floor(v + 0.5)``), then
-    clipped into the image (EndoNuke allows ``x == W``, on the last pixel's outer edge)."""
-    height, width = shape
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    cols = np.clip(np.floor(points[:, 0] + 0.5), 0, width - 1).astype(np.int64)
-    rows = np.clip(np.floor(points[:, 1] + 0.5), 0, height - 1).astype(np.int64)
-    return rows, cols
 
 
 def gaussian_targets(

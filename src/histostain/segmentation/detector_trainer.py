@@ -8,7 +8,8 @@ at the prepared um/px). The targets are drawn in the dataset so DataLoader worke
 the default collation applies; they depend only on the crop's keypoints.
 
 Validation (rank 0, every ``val_every`` epochs): every val tile whole, no augmentation; the heatmaps are decoded
-once at the lowest threshold (:func:`~histostain.segmentation.detector.decode_heatmaps`; a higher threshold keeps
+once at the lowest threshold (:func:`~histostain.segmentation.detector.decode_heatmaps`, after smoothing by
+``smooth_um``; a higher threshold keeps
 exactly the peaks scoring at least that much) and matched to the true points with
 :func:`~histostain.metrics.detection.match_points` at ``radius_um``, class-agnostic; TP/FP/FN are pooled over
 the tiles for each threshold and the threshold with the highest F1 is kept (ties: the lowest). Its F1 selects
@@ -88,6 +89,15 @@ class DetectorCrops(Dataset):
         return {"image": window, "heatmap": torch.from_numpy(heatmap), "count": int(keep.sum())}
 
 
+def cosine_factor(epoch: int, epochs: int, floor: float = 0.01) -> float:
+    """The learning-rate factor of epoch ``epoch`` (0-based) of ``epochs``: half a cosine from 1 down to
+    ``floor`` at the last epoch."""
+    if epochs <= 1:
+        return 1.0
+    progress = min(max(epoch / (epochs - 1), 0.0), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def pooled_f1(
     decoded: list[tuple[np.ndarray, np.ndarray]], truths: list[np.ndarray], thresholds: list[float], radius: float
 ) -> list[dict[str, float]]:
@@ -153,6 +163,7 @@ class DetectorTrainer(Trainer):
         self.val_dataset = val_dataset
         self.mpp = float(mpp)
         self.sigma_px = sigma_from_um(config.target_radius_um, self.mpp)
+        self.smooth_px = config.smooth_um / self.mpp  # the decoding's smoothing, in pixels of the data
         self.class_names = dict(class_names) if class_names is not None else dict(ENDONUKE_CLASS_NAMES)
         self.threshold = DEFAULT_THRESHOLD
         if config.deterministic:
@@ -163,6 +174,10 @@ class DetectorTrainer(Trainer):
         self.net = self.dist.wrap(self.models[MODEL])
         params = list(self.models[MODEL].parameters())
         self.optimizers["adam"] = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2))
+        if config.lr_schedule == "cosine":  # stepped after each epoch (Trainer.on_epoch_end)
+            self.schedulers["cosine"] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers["adam"], lambda epoch: cosine_factor(epoch, config.epochs)
+            )
         self._visual: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ step
@@ -222,7 +237,9 @@ class DetectorTrainer(Trainer):
                     with self.manager.autocast():
                         logits = model(self.manager.to_device(sample["image"][None]))
                     heatmaps = torch.sigmoid(logits.float())[0]
-                    points, _, scores = decode_heatmaps(heatmaps, thresholds[0], self.cfg.nms_kernel)
+                    points, _, scores = decode_heatmaps(
+                        heatmaps, thresholds[0], self.cfg.nms_kernel, smooth=self.smooth_px
+                    )
                     decoded.append((points, scores))
                     truths.append(sample["points"].numpy().astype(np.float64))
         finally:
@@ -260,6 +277,7 @@ class DetectorTrainer(Trainer):
             "target_radius_um": float(self.cfg.target_radius_um),
             "threshold": float(self.threshold),
             "nms_kernel": int(self.cfg.nms_kernel),
+            "smooth_px": float(self.smooth_px),
             "radius_um": float(self.cfg.radius_um),
         }
 
@@ -271,6 +289,7 @@ __all__ = [
     "DetectorCrops",
     "DetectorTrainer",
     "best_row",
+    "cosine_factor",
     "pooled_f1",
     "prepared_mpp",
 ]

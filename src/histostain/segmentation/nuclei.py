@@ -27,6 +27,9 @@ class Nuclei:
     reports (hover_net: the fraction of the nucleus' pixels that voted for its type, not a softmax
     probability). ``measurements`` holds further per-nucleus columns (``dab_od``, ``positivity``, ...), each
     ``(n,)``; ``type_names`` names the type codes; ``mpp`` is the scale of the coordinates (um per pixel).
+    ``point_radius`` (pixels) marks nuclei found as points by a detector (:mod:`histostain.segmentation.points`):
+    the centroids are the points, each instance is a disk of that radius around its point, the contours are
+    empty, and writers show points (no outline, no area).
     """
 
     inst_map: np.ndarray
@@ -41,6 +44,7 @@ class Nuclei:
     measurements: dict[str, np.ndarray] = field(default_factory=dict)
     type_names: Mapping[int, str] | None = None
     mpp: float | None = None
+    point_radius: float | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -90,6 +94,7 @@ class Nuclei:
         from histostain.io.annotations import Nucleus
 
         records = []
+        points = self.point_radius is not None  # a point has no outline and no measured area
         for i, nucleus_id in enumerate(self.ids.tolist()):
             records.append(
                 Nucleus(
@@ -97,9 +102,9 @@ class Nuclei:
                     centroid=(float(self.centroids[i, 0]), float(self.centroids[i, 1])),
                     type=None if self.types is None else int(self.types[i]),
                     type_prob=None if self.type_probs is None else float(self.type_probs[i]),
-                    contour=self.contours[i],
+                    contour=None if points else self.contours[i],
                     bbox=tuple(int(v) for v in self.bboxes[i]),  # type: ignore[arg-type]
-                    area=float(self.areas[i]),
+                    area=None if points else float(self.areas[i]),
                 )
             )
         return records

@@ -199,9 +199,10 @@ def summary_row(image_name: str, nuclei: Nuclei) -> dict[str, Any]:
 
     ``image``, ``nuclei``, the count of every type by name (typed models), the mean area (``mean_area_um2``
     when ``nuclei.mpp`` is known, else ``mean_area_px``), and for IHC-scored nuclei the counts of Negative / 1+ /
-    2+ / 3+, ``positive_percent`` and ``h_score``. An image without nuclei gives zeros.
+    2+ / 3+, ``positive_percent`` and ``h_score``. An image without nuclei gives zeros. Point nuclei (a
+    detector's) have no measured area, so their rows have no area column.
     """
-    area_sum = float(np.sum(nuclei.areas, dtype=np.float64))
+    area_sum = None if nuclei.point_radius is not None else float(np.sum(nuclei.areas, dtype=np.float64))
     return summary_row_from(image_name, len(nuclei), type_counts(nuclei), area_sum, nuclei.mpp, ihc_counts(nuclei))
 
 
@@ -209,18 +210,20 @@ def summary_row_from(
     image_name: str,
     nuclei: int,
     types: Mapping[str, int],
-    area_sum_px: float,
+    area_sum_px: float | None,
     mpp: float | None,
     scores: Mapping[int, int] | None,
 ) -> dict[str, Any]:
-    """:func:`summary_row` from totals: what a whole slide adds up chunk by chunk without keeping its nuclei."""
+    """:func:`summary_row` from totals: what a whole slide adds up chunk by chunk without keeping its nuclei
+    (``area_sum_px`` None: points, no area column)."""
     row: dict[str, Any] = {"image": image_name, "nuclei": int(nuclei)}
     row.update({name: int(count) for name, count in types.items()})
-    mean_px = area_sum_px / nuclei if nuclei else 0.0
-    if mpp is not None:
-        row[AREA_UM2] = round(mean_px * mpp**2, 4)
-    else:
-        row[AREA_PX] = round(mean_px, 4)
+    if area_sum_px is not None:
+        mean_px = area_sum_px / nuclei if nuclei else 0.0
+        if mpp is not None:
+            row[AREA_UM2] = round(mean_px * mpp**2, 4)
+        else:
+            row[AREA_PX] = round(mean_px, 4)
     if scores is not None:
         row.update(ihc_scores(scores))
     return row

@@ -1,12 +1,14 @@
 """Segmenters behind one protocol, at the scale they were made for, on images of any size.
 
-A segmenter turns one RGB image into :class:`~histostain.segmentation.nuclei.Nuclei`. Two exist:
+A segmenter turns one RGB image into :class:`~histostain.segmentation.nuclei.Nuclei`. Three exist:
 
 * ``hovernet``: a HoVer-Net from any weights file ``load_hovernet`` reads; maps from
   :class:`~histostain.segmentation.inference.HoVerNetPredictor`, instances from the reference post-processing
   (``postprocess.instances_from_hovernet_maps``);
 * ``classical``: weight-free colour deconvolution and watershed, with IHC positivity
-  (``segmentation.classical``).
+  (``segmentation.classical``);
+* ``detector``: a keypoint detector trained on IHC nuclei centres, nuclei as points
+  (``segmentation.detector_segment``; default weights: the packaged ``detector-endonuke``).
 
 Both run chunk by chunk on large images (``segmentation.chunks``). :func:`segment_at_scale` resamples an input
 whose micrometres per pixel differ from the model's and maps the nuclei back to input pixels, so coordinates
@@ -20,7 +22,6 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODELS = ("classical", "hovernet")
+MODELS = ("classical", "detector", "hovernet")
 SCALE_TOLERANCE = 0.05  # inputs within 5 % of the model's um/px are used as they are
 
 
@@ -159,6 +160,11 @@ class HoVerNetSegmenter:
         from histostain.weights.resolve import resolve_weights
 
         resolved: ResolvedWeights = resolve_weights(spec, task="segmentation", settings=settings)
+        if resolved.card is not None and resolved.card.arch != "hovernet":
+            raise ConfigError(
+                f"{resolved.card.name} is a {resolved.card.arch} model, not HoVer-Net weights",
+                hint=f"use --model {resolved.card.arch}",
+            )
         record = resolved.record() if resolved.card is not None else None
         return cls.load(resolved.path, device, card=resolved.card, model_record=record, **options)
 
@@ -269,13 +275,9 @@ class HoVerNetSegmenter:
         return {"model": self.kind, "weights_sha256": self.weights.sha256, "chunk": self.chunk, "margin": self.margin}
 
     def describe(self) -> dict[str, Any]:
-        weights = self.weights.to_dict()
-        weights["path"] = str(Path(weights["path"]).resolve())
-        if self.model_record is not None:
-            weights["model"] = dict(self.model_record)
         device = self.predictor.device
         return {
-            "weights": weights,
+            "weights": self.weights.record(self.model_record),
             "details": {
                 "device": device.plan.device,
                 "precision": device.plan.precision,
@@ -319,7 +321,7 @@ def build_segmenter(
     stain: str = "auto",
     mpp: float | None = None,
     batch_size: int = 8,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     positivity: tuple[float, float, float] | None = None,
     compile: str = "auto",
     postprocess_workers: int | None = None,
@@ -327,10 +329,17 @@ def build_segmenter(
     settings: Settings | ResolvedSettings | None = None,
 ) -> Segmenter:
     """The segmenter a command asked for; ``classical`` needs no weights, ``hovernet`` does (a file, a run
-    folder or a registry name; ``settings`` gives the registry and the weights cache)."""
+    folder or a registry name; ``settings`` gives the registry and the weights cache), ``detector`` uses the
+    packaged ``detector-endonuke`` unless given others. ``chunk`` None: each model's own chunk side."""
+    chunk_side = chunk if chunk is not None else DEFAULT_CHUNK
     kind = model.strip().lower()
     if kind not in MODELS:
         raise ConfigError(f"--model {model}: unknown model", hint=f"use one of {', '.join(MODELS)}")
+    if kind == "detector":
+        from histostain.segmentation.detector_segment import DetectorSegmenter
+
+        sizes = {"chunk": chunk} if chunk is not None else {}  # else its own (DETECTOR_CHUNK)
+        return DetectorSegmenter.resolve(weights, device, settings, stain=stain, thresholds=positivity, **sizes)
     if kind == "hovernet":
         if weights is None:
             raise ConfigError(
@@ -342,16 +351,16 @@ def build_segmenter(
             device,
             settings,
             batch_size=batch_size,
-            chunk=chunk,
+            chunk=chunk_side,
             compile=compile,
             postprocess_workers=postprocess_workers,
         )
     if weights is not None:
-        raise ConfigError("--weights is for --model hovernet; the classical model uses no weights")
+        raise ConfigError("--weights is for --model hovernet|detector; the classical model uses no weights")
     options: dict[str, Any] = {"dab": dab}
     if positivity is not None:
         options["thresholds"] = tuple(positivity)
-    return ClassicalSegmenterAdapter(stain=stain, mpp=mpp if mpp is not None else 0.5, chunk=chunk, **options)
+    return ClassicalSegmenterAdapter(stain=stain, mpp=mpp if mpp is not None else 0.5, chunk=chunk_side, **options)
 
 
 def segment_at_scale(segmenter: Segmenter, rgb: np.ndarray, input_mpp: float | None) -> Nuclei:
@@ -359,8 +368,9 @@ def segment_at_scale(segmenter: Segmenter, rgb: np.ndarray, input_mpp: float | N
 
     When the input's um/px (``input_mpp``) and the model's differ by more than 5 %, the image is resampled
     (anti-aliased) to the model's scale, segmented, and the label maps are mapped back to the input's size
-    (nearest neighbour), from which every nucleus row is computed again. Without either scale the input is
-    used as it is.
+    (nearest neighbour), from which every nucleus row is computed again; a detector's points are mapped back
+    directly (:func:`~histostain.segmentation.points.rescale_points`). Without either scale the input is used
+    as it is.
     """
     model_mpp = segmenter.mpp
     if input_mpp is None or model_mpp is None or abs(input_mpp / model_mpp - 1.0) <= SCALE_TOLERANCE:
@@ -377,6 +387,10 @@ def segment_at_scale(segmenter: Segmenter, rgb: np.ndarray, input_mpp: float | N
     size = (max(1, round(height * factor)), max(1, round(width * factor)))
     scaled = resize(rgb, size, order=1, anti_aliasing=factor < 1, preserve_range=True)
     found = segmenter.segment(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+    if found.point_radius is not None:  # a detector's points map back exactly, with every column
+        from histostain.segmentation.points import rescale_points
+
+        return rescale_points(found, (height, width), input_mpp)
     inst = resize(found.inst_map, (height, width), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
     types = None
     if found.type_map is not None:

@@ -194,7 +194,7 @@ def segment_paths(
     formats: Sequence[str] | None = None,
     positivity: tuple[float, float, float] | None = None,
     batch_size: int = 8,
-    chunk: int = DEFAULT_CHUNK,
+    chunk: int | None = None,
     recursive: bool = False,
     overwrite: bool = False,
     num_parts: int | None = None,
@@ -233,7 +233,8 @@ def segment_paths(
         raise InputError(f"--formats {','.join(unknown)}: unknown format", hint=f"use some of {','.join(known)}")
     if mpp is not None and not mpp > 0:
         raise InputError(f"--mpp {mpp}: must be a positive number of micrometres per pixel")
-    check_chunk(chunk)
+    if chunk is not None:
+        check_chunk(chunk)
     if compile not in COMPILE_CHOICES:
         raise ConfigError(f"--compile {compile}: unknown choice", hint=f"use one of {', '.join(COMPILE_CHOICES)}")
     if postprocess_workers is not None and postprocess_workers < 0:
@@ -264,6 +265,7 @@ def segment_paths(
             positivity=positivity, compile=compile, postprocess_workers=postprocess_workers, dab=dab,
             settings=settings,
         )  # fmt: skip
+    chunk = chunk if chunk is not None else int(getattr(segmenter, "chunk", DEFAULT_CHUNK))  # the model's own
     report = SegmentReport(
         model=segmenter.kind,
         weights_model=(getattr(segmenter, "model_record", None) or {}).get("name"),

@@ -43,7 +43,7 @@ class SlideTally:
 
     def __init__(self) -> None:
         self.nuclei = 0
-        self.area_sum = 0.0
+        self.area_sum: float | None = 0.0  # None once a chunk of points (no area) was added
         self.types: dict[str, int] = {}
         self.scores: dict[int, int] | None = None
 
@@ -52,7 +52,10 @@ class SlideTally:
         from histostain.segmentation.outputs import type_counts
 
         self.nuclei += len(nuclei)
-        self.area_sum += float(np.sum(nuclei.areas, dtype=np.float64))
+        if nuclei.point_radius is not None:
+            self.area_sum = None
+        elif self.area_sum is not None:
+            self.area_sum += float(np.sum(nuclei.areas, dtype=np.float64))
         for name, count in type_counts(nuclei).items():
             self.types[name] = self.types.get(name, 0) + count
         counts = ihc_counts(nuclei)
@@ -79,7 +82,7 @@ def _csv_rows(nuclei: Nuclei) -> Iterator[list[Any]]:
             nucleus_id,
             round(float(nuclei.centroids[i, 0]), 2),
             round(float(nuclei.centroids[i, 1]), 2),
-            round(float(area[i]), 3),
+            "" if nuclei.point_radius is not None else round(float(area[i]), 3),
             classes.name(int(classes.codes[i])) or "",
             "" if code is None else code,
             "" if code is None else names.get(code, str(code)),

@@ -174,6 +174,8 @@ def kept_nuclei(part: Chunk, found: Nuclei, plan: SlidePlan) -> dict[str, np.nda
         "contour_points": np.rint(points).astype(np.int32) if integral else points.astype(np.float32),
         "contour_lengths": lengths,
     }
+    if found.point_radius is not None:  # a detector's points (no contours): the disk radius at level 0
+        record["point_radius"] = np.array(found.point_radius * plan.scale, dtype=np.float64)
     if found.types is not None:
         record["types"] = np.asarray(found.types)[index].astype(np.int64)
     if found.type_probs is not None:
@@ -215,6 +217,7 @@ def _load_record(path: Path, first_id: int, mpp: float | None) -> Nuclei:
         measurements={name[2:]: arrays[name] for name in arrays if name.startswith("m:")},
         type_names=names,
         mpp=mpp,
+        point_radius=float(arrays["point_radius"]) if "point_radius" in arrays else None,
     )
 
 

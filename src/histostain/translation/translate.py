@@ -211,10 +211,7 @@ class Translator:
         model built in memory."""
         if self.source is None:
             return {}
-        record = self.source.to_dict()
-        if self.model_record is not None:
-            record["model"] = dict(self.model_record)
-        return record
+        return self.source.record(self.model_record, absolute=False)
 
     def plan(self, height: int, width: int) -> TilePlan:
         return plan_for_multiple(height, width, self.tile, self.overlap, self.size_multiple)
@@ -334,11 +331,7 @@ class TranslateStep(BatchStep[np.ndarray, _Job]):
 
     def describe(self) -> dict[str, Any]:
         t = self.translator
-        weights = None if t.source is None else t.source.to_dict()
-        if weights is not None:
-            weights["path"] = str(Path(weights["path"]).resolve())  # the command line does not record the cwd
-            if t.model_record is not None:
-                weights["model"] = dict(t.model_record)
+        weights = None if t.source is None else t.source.record(t.model_record)
         return {
             "weights": weights,
             "details": {

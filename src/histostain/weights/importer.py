@@ -39,10 +39,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY_NAME = "registry.toml"  # <home>/registry.toml: the user registry when none is configured
-RUN_TASKS = {"hovernet": "segmentation", "cyclegan": "translation", "pix2pix": "translation"}  # `histostain train`
+RUN_TASKS = {
+    "hovernet": "segmentation",
+    "cyclegan": "translation",
+    "pix2pix": "translation",
+    "detector": "segmentation",
+}  # `histostain train`
 # a pix2pix run's card: its generator loads through the same translation loader (compat.load_generator)
 CARD_ARCH = {"pix2pix": "cyclegan"}
-ARCH_TITLES = {"hovernet": "HoVer-Net", "cyclegan": "CycleGAN generator", "inception": "FID-Inception"}
+ARCH_TITLES = {
+    "hovernet": "HoVer-Net",
+    "cyclegan": "CycleGAN generator",
+    "inception": "FID-Inception",
+    "detector": "nuclei detector",
+}
 HOVERNET_ARGS = ("mode", "num_types", "encoder_width", "units", "decoder_width", "decoder_units")
 GENERATOR_ARGS = ("ngf", "n_blocks", "norm")
 # checkpoint entries that hold tensors or optimiser state: never needed to describe a run
@@ -61,10 +71,12 @@ _DATASET_TERMS = {
         "Naumov et al., EndoNuke, Data 7(6):75 (2022)",
     ),
 }
+DETECTOR_ARGS = ("width", "levels", "num_classes")
 _ARCH_CITATIONS = {
     "hovernet": "Graham et al., HoVer-Net, Medical Image Analysis 58:101563 (2019)",
     "cyclegan": "Zhu et al., CycleGAN, ICCV 2017",
     "pix2pix": "Isola et al., pix2pix, CVPR 2017",
+    "detector": "histostain IHC nuclei detector (a compact U-Net on Gaussian keypoint heatmaps)",
 }
 
 
@@ -104,6 +116,11 @@ def _load(card: ModelCard, path: Path) -> LoadedWeights:
 
         _, loaded = load_generator(path, _default_direction(card))
         return loaded
+    if card.arch == "detector":
+        from histostain.segmentation.detector_weights import load_detector
+
+        _, weights = load_detector(path)
+        return weights.loaded
     from histostain.metrics.inception import load_fid_inception
 
     _, loaded = load_fid_inception(path)
@@ -138,7 +155,7 @@ def _same(a: Any, b: Any) -> bool:
 def _check_facts(card: ModelCard, loaded: LoadedWeights, path: Path) -> None:
     """What the loader could not check against the card: widths, the number and names of classes."""
     config = loaded.config
-    keys = HOVERNET_ARGS[2:] if card.arch == "hovernet" else GENERATOR_ARGS if card.arch == "cyclegan" else ()
+    keys = {"hovernet": HOVERNET_ARGS[2:], "cyclegan": GENERATOR_ARGS, "detector": DETECTOR_ARGS}.get(card.arch, ())
     for key in keys:
         if key in card.arch_args and key in config and not _same(card.arch_args[key], config[key]):
             raise WeightsError(
@@ -182,7 +199,7 @@ def _quiet_loaders() -> Iterator[None]:
 def identify(path: Path, skip: str | None = None) -> tuple[str, str] | None:
     """``(arch, description)`` of the weights in ``path`` among those histostain loads, or None."""
     with _quiet_loaders():
-        for arch in ("cyclegan", "hovernet", "inception"):
+        for arch in ("cyclegan", "hovernet", "detector", "inception"):
             if arch == skip:
                 continue
             try:
@@ -210,6 +227,12 @@ def _describe_as(arch: str, path: Path) -> str:
 
         _, loaded = load_hovernet(path)
         return f"HoVer-Net weights ({describe_hovernet(loaded.config)}, {loaded.format} format)"
+    if arch == "detector":
+        from histostain.segmentation.detector_weights import load_detector
+
+        _, weights = load_detector(path)
+        config = weights.loaded.config
+        return f"a nuclei detector (width {config['width']}, {config['levels']} levels, histostain format)"
     from histostain.metrics.inception import load_fid_inception
 
     load_fid_inception(path)
@@ -285,7 +308,8 @@ class TrainingRun:
             "intended_use": trained,
             "run_dir": str(self.root),
         }
-        values.update(self._hovernet_fields() if self.arch == "hovernet" else self._cyclegan_fields())
+        fields = {"hovernet": self._hovernet_fields, "detector": self._detector_fields}.get(self.arch)
+        values.update(fields() if fields is not None else self._cyclegan_fields())
         try:
             return ModelCard(**values)
         except ValidationError as exc:
@@ -315,6 +339,21 @@ class TrainingRun:
             "arch_args": arch_args,
             "patch_in": int(patch_in) if patch_in else None,
             "patch_out": int(patch_out) if patch_out else None,
+            "mpp": float(mpp) if isinstance(mpp, int | float) else None,
+            "class_names": classes,
+        }
+
+    def _detector_fields(self) -> dict[str, Any]:
+        model = self.header.get("model_config")
+        arch_args = {key: int(model[key]) for key in DETECTOR_ARGS if isinstance(model, Mapping) and key in model}
+        mpp = self.header.get("mpp")
+        names = self.header.get("class_names")
+        classes: list[str] = []
+        if isinstance(names, Mapping) and names:
+            by_code = {int(code): str(value) for code, value in names.items()}
+            classes = [by_code.get(code, f"type {code}") for code in range(max(by_code) + 1)]
+        return {
+            "arch_args": arch_args,
             "mpp": float(mpp) if isinstance(mpp, int | float) else None,
             "class_names": classes,
         }

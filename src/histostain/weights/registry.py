@@ -31,7 +31,7 @@ REGISTRY_ENV = "HISTOSTAIN_REGISTRY"
 NAME_PATTERN = re.compile(r"^[a-z0-9_]+-[a-z0-9_]+(\.[a-z0-9_]+)?$")  # <arch>-<dataset>[.<tag>]
 URL_SCHEMES = ("https://", "http://", "file://")
 TASKS = ("segmentation", "translation", "fid")
-ARCHES = ("hovernet", "cyclegan", "inception")
+ARCHES = ("hovernet", "cyclegan", "inception", "detector")
 VOCABULARIES: dict[str, list[str]] = {"pannuke": ["Background", *PANNUKE_TYPE_NAMES.values()]}
 PATCH_DEFAULTS = {"fast": (256, 164), "original": (270, 80)}
 
@@ -43,7 +43,7 @@ class ModelCard(BaseModel):
 
     name: str
     task: Literal["segmentation", "translation", "fid"]
-    arch: Literal["hovernet", "cyclegan", "inception"]
+    arch: Literal["hovernet", "cyclegan", "inception", "detector"]
     arch_args: dict[str, Any] = Field(default_factory=dict)
     patch_in: int | None = Field(None, ge=1)
     patch_out: int | None = Field(None, ge=1)

@@ -128,8 +128,9 @@ def qupath_geojson_problems(
     """Every way a GeoJSON file (or its parsed JSON) breaks the rules for QuPath ``object_type`` objects.
 
     An empty list means QuPath 0.3 to 0.7 imports each feature as one ``object_type`` object with its class,
-    colour and measurements. ``allow_points`` accepts Point geometries (point annotations); segment output
-    must be polygons only. ``image_size=(W, H)`` also checks every position lies in ``[0, W] x [0, H]``.
+    colour and measurements. ``allow_points`` accepts Point geometries (point annotations, the detector's
+    nuclei); the other segmenters' output must be polygons only. ``image_size=(W, H)`` also checks every
+    position lies in ``[0, W] x [0, H]``.
     Each problem names its feature, e.g. ``features[3]: polygon: ring is not closed ...``.
     """
     if not isinstance(source, str | os.PathLike):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -289,7 +290,8 @@ class Trainer(ABC):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=self.loop.num_workers,
+            # at most one worker per core (more only queue behind each other; torch warns about it)
+            num_workers=min(self.loop.num_workers, os.cpu_count() or 1),
             pin_memory=self.manager.plan.kind == "cuda",
             drop_last=False,
             generator=generator,
