@@ -338,3 +338,38 @@ def test_segment_with_the_imported_official_pannuke_file_names_nuclei_by_pannuke
     classification = feature["properties"]["classification"]
     assert classification["name"] == PANNUKE_TYPE_NAMES[2]
     assert len(classification["color"]) == 3
+
+
+def test_a_detector_run_is_registered_then_segments_by_name(
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _environment: Path
+) -> None:
+    """`train detector` -> `weights import detector-endonuke.lab RUN` -> `segment --model detector -w NAME`: the
+    card carries the run's network, classes, scale and the EndoNuke terms, and the run and the name give the same
+    points."""
+    from histostain.datasets.endonuke import prepare_endonuke
+    from histostain.synth import write_dataset
+
+    monkeypatch.setenv("HISTOSTAIN_NUM_THREADS", "1")
+    write_dataset("endonuke", tmp_path / "raw", n=5, size=64, seed=1)
+    prepare_endonuke(tmp_path / "raw", tmp_path / "prepared", mpp=0.5, fractions="0.6,0.2,0.2")
+    runs = tmp_path / "runs"
+    tiny = ["--width", "4", "--levels", "2", "--crop", "48", "--epochs", "1", "--batch-size", "2", "--num-workers", "0"]
+    code, _, err = run_cli([*CLI, "train", "detector", str(tmp_path / "prepared"), "--name", "lab",
+                            "--runs-dir", str(runs), *tiny])  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli([*CLI, "weights", "import", "detector-endonuke.lab", str(runs / "lab")])
+    assert code == 0, err
+    code, out, err = run_cli([*CLI, "weights", "info", "detector-endonuke.lab", "--json"])
+    assert code == 0, err
+    card = json.loads(out)["card"]
+    assert card["arch"] == "detector" and card["mpp"] == 0.5
+    assert card["arch_args"] == {"width": 4, "levels": 2, "num_classes": 3}
+    assert card["classes"] == ["stroma", "epithelium", "other"] and "EndoNuke" in card["licence"]
+    points = {}
+    for spec in ("detector-endonuke.lab", str(runs / "lab")):
+        out_dir = tmp_path / f"points{len(points)}"
+        code, out, err = run_cli([*CLI, "segment", str(tmp_path / "prepared" / "test" / "images"), "-o", str(out_dir),
+                                  "--model", "detector", "-w", spec, "--formats", "txt"])  # fmt: skip
+        assert code == 0, err
+        points[spec] = sorted(p.read_text() for p in out_dir.glob("*.txt"))
+    assert points["detector-endonuke.lab"] == points[str(runs / "lab")]
