@@ -114,9 +114,7 @@ class DetectorSegmenter:
 
     @property
     def licence(self) -> str | None:
-        if self.card is None or self.card.licence == "unknown":
-            return None
-        return self.card.licence
+        return None if self.card is None else self.card.stated_licence
 
     @property
     def radius_px(self) -> float:
@@ -161,7 +159,7 @@ class DetectorSegmenter:
             measurements={SCORE: scores.astype(np.float64)},
             mpp=self.mpp,
         )
-        if len(nuclei) or self.stain == "ihc":
+        if self.stain != "he" and (len(nuclei) or self.stain == "ihc"):  # H&E: no DAB to measure
             od = optical_densities(rgb)
             stain = resolve_stain(od) if self.stain == "auto" else self.stain
             if stain == "ihc":

@@ -171,9 +171,7 @@ class HoVerNetSegmenter:
     @property
     def licence(self) -> str | None:
         """The model's licence when its card gives one (PanNuke-derived weights are non-commercial)."""
-        if self.card is None or self.card.licence == "unknown":
-            return None
-        return self.card.licence
+        return None if self.card is None else self.card.stated_licence
 
     # ------------------------------------------------------------------------------------------- planning
     def expect(self, height: int, width: int, input_mpp: float | None = None) -> None:

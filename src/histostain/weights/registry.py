@@ -148,6 +148,11 @@ class ModelCard(BaseModel):
         return {"patch_in": patch_in, "patch_out": patch_out, "margin": margin, "mpp": self.mpp}
 
     @property
+    def stated_licence(self) -> str | None:
+        """The licence when the card states one (None for "unknown"): what segment shows with every run."""
+        return None if self.licence == "unknown" else self.licence
+
+    @property
     def downloadable(self) -> bool:
         return bool(self.urls)
 
